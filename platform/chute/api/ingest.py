@@ -1,0 +1,250 @@
+"""Uploads: the multipart body is parsed as it arrives and the file part goes straight to its final
+place (one write, no temp-file spool), hashed on the way, refused the moment it passes the limit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from chute.errors import InvalidUploadField, MalformedUpload, MissingFile, UnsupportedType, UploadTooLarge
+from chute.jobs import JobStore
+from chute.models import Job, JobStatus, utcnow
+from chute.registry import HandlerSpec, Registry
+from chute.sniff import detect
+from chute.storage import FileWriter, Storage, StoredFile, clean_filename
+
+log = logging.getLogger("chute.api")
+FIELD_LIMIT = 64 * 1024
+#: room for the multipart framing and the small fields around the file
+FRAMING_SLACK = 1024 * 1024
+
+
+@dataclass
+class Parsed:
+    stored: StoredFile
+    filename: str
+    declared: str | None
+    fields: dict[str, list[str]] = field(default_factory=dict)
+
+
+class _Parts:
+    """multipart callbacks: headers per part, the file part into ``writer``, the rest into ``fields``."""
+
+    def __init__(self, storage: Storage, job_id: str, limit: int) -> None:
+        self.storage, self.job_id, self.limit = storage, job_id, limit
+        self.writer: FileWriter | None = None
+        self.filename = ""
+        self.declared: str | None = None
+        self.fields: dict[str, list[str]] = {}
+        self.ended = False
+        self._headers: dict[bytes, bytes] = {}
+        self._header_field = b""
+        self._header_value = b""
+        self._field_name: str | None = None
+        self._field_value = bytearray()
+        self._in_file = False
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self.on_part_begin, "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished, "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end, "on_end": self.on_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self._headers, self._field_name, self._in_file = {}, None, False
+        self._field_value = bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field, self._header_value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        disposition, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        if disposition != b"form-data" or b"name" not in options:
+            raise MalformedUpload("a part has no Content-Disposition: form-data; name=…")
+        name = options[b"name"].decode("utf-8", "replace")
+        if name == "file" and self.writer is None:
+            self._in_file = True
+            self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
+            ctype = self._headers.get(b"content-type", b"").decode("latin-1").strip()
+            self.declared = ctype or None
+            self.writer = self.storage.writer(self.job_id, self.limit)
+        elif name == "file":
+            raise MalformedUpload("one file per upload: send each file in its own request")
+        else:
+            self._field_name = name
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            assert self.writer is not None
+            self.writer.write(data[start:end])
+        elif self._field_name is not None:
+            self._field_value += data[start:end]
+            if len(self._field_value) > FIELD_LIMIT:
+                raise InvalidUploadField(f"longer than {FIELD_LIMIT} bytes", self._field_name)
+
+    def on_part_end(self) -> None:
+        if self._field_name is not None:
+            value = self._field_value.decode("utf-8", "replace")
+            self.fields.setdefault(self._field_name, []).append(value)
+        self._in_file, self._field_name = False, None
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
+def boundary_of(content_type: str | None) -> bytes:
+    ctype, options = parse_options_header(content_type or "")
+    if ctype != b"multipart/form-data" or not options.get(b"boundary"):
+        raise MalformedUpload("send the file as multipart/form-data (curl -F file=@path)")
+    return options[b"boundary"]
+
+
+async def receive(stream: AsyncIterator[bytes], content_type: str | None, content_length: str | None,
+                  storage: Storage, job_id: str, limit: int) -> Parsed:
+    """Parse the body into storage; on any failure nothing is left on disk."""
+    boundary = boundary_of(content_type)
+    if content_length and content_length.isdigit() and int(content_length) > limit + FRAMING_SLACK:
+        raise UploadTooLarge(f"the body ({content_length} bytes) is larger than the limit of {limit} bytes")
+    parts = _Parts(storage, job_id, limit)
+    # Long part headers are allowed: a 5,000-character file name is cleaned, not refused.
+    parser = MultipartParser(boundary, parts.callbacks(), max_header_size=FIELD_LIMIT)  # type: ignore[arg-type]
+    try:
+        async for chunk in stream:
+            parser.write(chunk)
+        parser.finalize()
+        if not parts.ended:
+            raise MalformedUpload("the multipart body ends before its closing boundary")
+        if parts.writer is None:
+            raise MissingFile()
+        stored = await asyncio.to_thread(parts.writer.finish)
+    except MultipartParseError as exc:
+        if parts.writer is not None:
+            parts.writer.abort()
+        raise MalformedUpload(f"malformed multipart body: {exc}") from None
+    except BaseException:
+        if parts.writer is not None:
+            parts.writer.abort()
+        raise
+    return Parsed(stored, parts.filename, parts.declared, parts.fields)
+
+
+def notify_list(values: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        for address in (a.strip() for a in value.split(",")):
+            if not address:
+                continue
+            try:
+                normalized = validate_email(address, check_deliverability=False).normalized
+            except EmailNotValidError as exc:
+                raise InvalidUploadField(f"{address!r} is not an email address ({exc})", "notify") from None
+            if normalized not in out:
+                out.append(normalized)
+    return out
+
+
+def choose_handler(registry: Registry, parsed: Parsed) -> tuple[HandlerSpec, dict[str, Any], str]:
+    """The handler and the type evidence; a forced ``handler`` field wins over routing."""
+    claimed = {ext: next((t for t in spec.types if "*" not in t), "") for ext, spec in registry.extensions.items()}
+    detected = detect(parsed.stored.head, parsed.filename, parsed.declared, claimed)
+    forced = [v.strip() for v in parsed.fields.get("handler", []) if v.strip()]
+    if forced:
+        spec = registry.get(forced[0])
+        if spec is None:
+            raise InvalidUploadField(f"no handler named {forced[0]!r}; "
+                                     f"known: {', '.join(sorted(registry.by_name)) or 'none'}", "handler")
+        return spec, detected.info(), detected.mime
+    spec = registry.route(detected.mime)
+    if spec is None:
+        raise UnsupportedType(f"no handler for {detected.mime}", registry.accepted())
+    return spec, detected.info(), detected.mime
+
+
+def job_row(job_id: str, parsed: Parsed, spec: HandlerSpec, type_info: dict[str, Any], mime: str,
+            notify: list[str], grace: float) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "id": job_id, "status": JobStatus.PENDING, "filename": clean_filename(parsed.filename),
+        "content_type": mime, "type_info": type_info, "size": parsed.stored.size,
+        "sha256": parsed.stored.sha256, "storage_key": parsed.stored.key, "handler": spec.name,
+        "attempts": 0, "max_attempts": spec.retry.attempts, "notify": notify, "created_at": now,
+        "updated_at": now, "dispatch_at": now + timedelta(seconds=grace),
+    }
+
+
+class GroupCommitter:
+    """One thread inserts job rows for every request waiting at that moment, in one transaction:
+    under load many uploads share one commit (and one fsync), and requests never fight for the lock."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self._queue: queue.SimpleQueue[tuple[dict[str, Any], asyncio.Future[Job], asyncio.AbstractEventLoop]
+                                       | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="chute-commit", daemon=True)
+        self._thread.start()
+
+    async def insert(self, row: dict[str, Any]) -> Job:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Job] = loop.create_future()
+        self._queue.put((row, future, loop))
+        return await future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            try:
+                while len(batch) < 256:
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        self._queue.put(None)
+                        break
+                    batch.append(item)
+            except queue.Empty:
+                pass
+            try:
+                self.store.insert([row for row, _, _ in batch])
+                error: BaseException | None = None
+            except Exception as exc:
+                log.exception("could not record %d upload(s)", len(batch))
+                error = exc
+            for row, future, loop in batch:
+                if error is None:
+                    loop.call_soon_threadsafe(_resolve, future, Job(**row))
+                else:
+                    loop.call_soon_threadsafe(_fail, future, error)
+
+
+def _resolve(future: asyncio.Future[Job], job: Job) -> None:
+    if not future.done():
+        future.set_result(job)
+
+
+def _fail(future: asyncio.Future[Job], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

@@ -1,0 +1,86 @@
+"""Reading jobs, re-running failed ones, and downloading what they stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import FileResponse
+
+from chute.api.deps import require_key, runtime
+from chute.api.schemas import AttemptOut, JobOut, JobPage
+from chute.errors import InvalidTransition, JobNotFound
+from chute.models import Job, JobStatus
+from chute.runtime import Runtime
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_key)])
+
+
+def _job(rt: Runtime, job_id: str) -> Job:
+    try:
+        return rt.store.get(job_id)
+    except JobNotFound:
+        raise HTTPException(404, f"no job {job_id}") from None
+
+
+@router.get("", response_model=JobPage, summary="Jobs, newest first")
+def list_jobs(status: JobStatus | None = None, handler: str | None = None,
+              limit: int = Query(50, ge=1, le=500), cursor: str | None = None,
+              rt: Runtime = Depends(runtime)) -> JobPage:
+    try:
+        jobs, next_cursor = rt.store.list_jobs(status, handler, limit, cursor)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    base = rt.settings.public_url
+    return JobPage(items=[JobOut.of(j, base) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="One job")
+def get_job(job_id: str, rt: Runtime = Depends(runtime)) -> JobOut:
+    job = _job(rt, job_id)
+    return JobOut.of(job, rt.settings.public_url, rt.storage.list_artifacts(job.storage_key))
+
+
+@router.get("/{job_id}/attempts", response_model=list[AttemptOut], summary="Every attempt of a job")
+def get_attempts(job_id: str, rt: Runtime = Depends(runtime)) -> list[AttemptOut]:
+    _job(rt, job_id)
+    return [AttemptOut.model_validate(a, from_attributes=True) for a in rt.store.attempts(job_id)]
+
+
+@router.post("/{job_id}/retry", response_model=JobOut, status_code=202, summary="Re-run a failed job")
+def retry_job(job_id: str, rt: Runtime = Depends(runtime)) -> JobOut:
+    spec = rt.registry.get(_job(rt, job_id).handler)
+    try:
+        job = rt.store.retry_failed(job_id, spec.retry.attempts if spec else None)
+    except JobNotFound:
+        raise HTTPException(404, f"no job {job_id}") from None
+    except InvalidTransition as exc:
+        raise HTTPException(409, str(exc)) from None
+    if job.dispatch_at is not None:
+        rt.outbox.send([(job.id, job.dispatch_at)])
+    return JobOut.of(job, rt.settings.public_url)
+
+
+@router.get("/{job_id}/file", summary="Download the uploaded file", response_class=FileResponse)
+def download(job_id: str, rt: Runtime = Depends(runtime)) -> FileResponse:
+    job = _job(rt, job_id)
+    return _attachment(rt.storage.path(job.storage_key), job.filename)
+
+
+@router.get("/{job_id}/artifacts/{name}", summary="Download an artifact a handler saved",
+            response_class=FileResponse)
+def artifact(job_id: str, name: str, rt: Runtime = Depends(runtime)) -> FileResponse:
+    job = _job(rt, job_id)
+    path = rt.storage.artifact(job.storage_key, name)
+    if path is None:
+        raise HTTPException(404, f"job {job_id} has no artifact {name!r}")
+    return _attachment(path, name)
+
+
+def _attachment(path: Path, filename: str) -> FileResponse:
+    """Always a download, never rendered inline: an uploaded HTML file must not run in our origin."""
+    response = FileResponse(path, media_type="application/octet-stream", filename=filename,
+                            content_disposition_type="attachment")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return response

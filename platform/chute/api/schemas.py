@@ -1,0 +1,79 @@
+"""What the API returns, as pydantic models: the OpenAPI page at /docs documents them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from chute.models import Job, JobStatus
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    filename: str
+    content_type: str
+    type_info: dict[str, Any]
+    size: int
+    sha256: str
+    handler: str
+    attempts: int
+    max_attempts: int
+    notify: list[str]
+    result: Any = None
+    error: JobError | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, job: Job, base: str, artifacts: list[str] | None = None) -> JobOut:
+        links = {"self": f"{base}/jobs/{job.id}", "file": f"{base}/jobs/{job.id}/file"}
+        if job.status is JobStatus.FAILED:
+            links["retry"] = f"{base}/jobs/{job.id}/retry"
+        for name in artifacts or []:
+            links[f"artifact:{name}"] = f"{base}/jobs/{job.id}/artifacts/{name}"
+        return cls(
+            id=job.id, status=job.status, filename=job.filename, content_type=job.content_type,
+            type_info=job.type_info or {}, size=job.size, sha256=job.sha256, handler=job.handler,
+            attempts=job.attempts, max_attempts=job.max_attempts, notify=job.notify or [],
+            result=job.result, error=JobError(**job.error) if job.error else None,
+            created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at,
+            finished_at=job.finished_at, next_attempt_at=job.next_attempt_at, links=links,
+        )
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class AttemptOut(BaseModel):
+    number: int
+    worker: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    error_type: str | None
+    error_message: str | None
+
+
+class HandlerOut(BaseModel):
+    name: str
+    types: list[str]
+    extensions: list[str]
+    retry: dict[str, Any]
+    timeout: float
+    module: str | None
+    doc: str | None

@@ -1,0 +1,219 @@
+"""The ``chute`` command: run the parts (serve, api, worker) and talk to a running Chute."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from chute.errors import ChuteError, ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Chute: upload a file, the handler for its type runs on a worker.")
+
+Url = Annotated[str, typer.Option("--url", envvar="CHUTE_URL", help="where Chute's API answers")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = {"processed", "failed"}
+
+
+def _runtime(migrate: bool = True) -> Any:
+    from chute.runtime import Runtime, configure_logging
+    from chute.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return Runtime.build(settings, migrate=migrate)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"chute: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000,
+          concurrency: Annotated[int | None, typer.Option(help="handler processes")] = None) -> None:
+    """API + worker in one process, on embedded defaults: the one command for a fresh machine."""
+    import uvicorn
+
+    from chute.api import create_app
+
+    rt = _runtime()
+    worker = rt.worker(concurrency)
+    thread = threading.Thread(target=worker.run, name="chute-worker", daemon=True)
+    thread.start()
+    typer.echo(f"chute: serving on http://{host}:{port} (docs at /docs); broker {rt.broker.safe_url}, "
+               f"database {rt.db.engine.url.render_as_string(hide_password=True)}", err=True)
+    try:
+        uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+        rt.close()
+
+
+@app.command()
+def api(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """The HTTP API alone (run workers with ``chute worker``)."""
+    import uvicorn
+
+    from chute.api import create_app
+
+    rt = _runtime()
+    try:
+        uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
+    finally:
+        rt.close()
+
+
+@app.command()
+def worker(concurrency: Annotated[int | None, typer.Option(help="handler processes")] = None) -> None:
+    """A worker: consumes jobs, runs handlers, records results. Run as many as you like."""
+    rt = _runtime()
+    w = rt.worker(concurrency)
+    rt.outbox.start()  # due retries and expired leases are published from here too
+
+    def _stop(signum: int, _frame: Any) -> None:
+        typer.echo(f"chute: {signal.Signals(signum).name}: finishing in-flight jobs", err=True)
+        w.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        w.run()
+    finally:
+        rt.outbox.stop()
+        rt.close()
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date (the other commands do it at start too)."""
+    rt = _runtime()
+    rt.close()
+    typer.echo("chute: database is up to date")
+
+
+def _client(url: str) -> Any:
+    import httpx
+
+    key = os.environ.get("CHUTE_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(30.0, read=300.0))
+
+
+def _check(response: Any) -> Any:
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text
+        _fail(f"{response.status_code}: {detail}", 1)
+    return response.json()
+
+
+@app.command()
+def upload(files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True)],
+           notify: Annotated[list[str] | None, typer.Option("--notify", help="email to tell when done")] = None,
+           handler: Annotated[str | None, typer.Option(help="force a handler by name")] = None,
+           wait: Annotated[bool, typer.Option("--wait", help="wait for each job to finish")] = False,
+           url: Url = DEFAULT_URL) -> None:
+    """Upload files (one job each), with a progress bar."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    failed = False
+    with _client(url) as client, Progress("{task.description}", BarColumn(), DownloadColumn(),
+                                          TransferSpeedColumn(), transient=True) as progress:
+        for path in files:
+            task = progress.add_task(path.name, total=path.stat().st_size)
+            with path.open("rb") as fh:
+                wrapped = _ProgressReader(fh, lambda n, t=task: progress.advance(t, n))
+                data: dict[str, Any] = {"notify": notify or []}
+                if handler:
+                    data["handler"] = handler
+                job = _check(client.post("/uploads", files={"file": (path.name, wrapped)}, data=data))
+            progress.remove_task(task)
+            if wait:
+                job = _wait(client, job["id"])
+                failed |= job["status"] == "failed"
+            typer.echo(json.dumps(job if wait else {k: job[k] for k in ("id", "status", "handler")}))
+    if failed:
+        raise typer.Exit(1)
+
+
+class _ProgressReader:
+    def __init__(self, fh: Any, advance: Any) -> None:
+        self.fh, self.advance = fh, advance
+
+    def read(self, size: int = -1) -> bytes:
+        chunk: bytes = self.fh.read(size if size and size > 0 else 1024 * 1024)
+        self.advance(len(chunk))
+        return chunk
+
+
+def _wait(client: Any, job_id: str, timeout: float = 3600) -> Any:
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        job = _check(client.get(f"/jobs/{job_id}"))
+        if job["status"] in TERMINAL or time.monotonic() > deadline:
+            return job
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+
+
+@app.command()
+def jobs(status: Annotated[str | None, typer.Option(help="pending, running, retrying, processed, failed")] = None,
+         handler: str | None = None, limit: int = 20, url: Url = DEFAULT_URL) -> None:
+    """The newest jobs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    params = {k: v for k, v in {"status": status, "handler": handler, "limit": limit}.items() if v}
+    with _client(url) as client:
+        page = _check(client.get("/jobs", params=params))
+    table = Table("id", "status", "handler", "file", "attempts", "created")
+    for job in page["items"]:
+        table.add_row(job["id"], job["status"], job["handler"], job["filename"],
+                      f"{job['attempts']}/{job['max_attempts']}", job["created_at"][:19])
+    Console().print(table)
+
+
+@app.command("retry")
+def retry_cmd(job_id: str, url: Url = DEFAULT_URL) -> None:
+    """Re-run a failed job."""
+    with _client(url) as client:
+        job = _check(client.post(f"/jobs/{job_id}/retry"))
+    typer.echo(json.dumps({k: job[k] for k in ("id", "status", "handler")}))
+
+
+@app.command()
+def handlers(url: Url = DEFAULT_URL) -> None:
+    """The handlers a running Chute has, with their types and retry policies."""
+    with _client(url) as client:
+        for spec in _check(client.get("/handlers")):
+            retry = spec["retry"]
+            typer.echo(f"{spec['name']:<16} {', '.join(spec['types'] + spec['extensions']):<40} "
+                       f"attempts={retry['attempts']} backoff={retry['backoff']}s timeout={spec['timeout']:g}s")
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:
+        typer.echo(f"chute: {exc}", err=True)
+        sys.exit(2)
+    except ChuteError as exc:
+        typer.echo(f"chute: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""One error hierarchy: callers catch what they can act on, and every message says what to fix."""
+
+from __future__ import annotations
+
+
+class ChuteError(Exception):
+    """Base class for everything Chute raises on purpose."""
+
+
+# Configuration and start-up
+class ConfigError(ChuteError):
+    """A setting is missing or wrong; the message is one line that names the setting."""
+
+
+class RegistryError(ChuteError):
+    """The handlers directory cannot be turned into a routing table."""
+
+
+class HandlerImportError(RegistryError):
+    """A module under the handlers path failed to import."""
+
+
+class HandlerConflict(RegistryError):
+    """Two handlers claim the same type (or name, or extension) at the same specificity."""
+
+
+# Uploads
+class UploadError(ChuteError):
+    """An upload is refused; ``status_code`` is the HTTP answer it maps to."""
+
+    status_code = 400
+
+
+class MalformedUpload(UploadError):
+    status_code = 400
+
+
+class UploadTooLarge(UploadError):
+    status_code = 413
+
+
+class UnsupportedType(UploadError):
+    status_code = 415
+
+    def __init__(self, message: str, accepted: list[str]) -> None:
+        super().__init__(message)
+        self.accepted = accepted
+
+
+class InvalidUploadField(UploadError):
+    """A form field is missing or wrong; ``field`` names it for the 422's ``loc``."""
+
+    status_code = 422
+    kind = "value_error"
+
+    def __init__(self, message: str, field: str = "body") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class MissingFile(InvalidUploadField):
+    kind = "missing"
+
+    def __init__(self, message: str = "the 'file' field is required") -> None:
+        super().__init__(message, "file")
+
+
+# Running handlers
+class Reject(ChuteError):
+    """Raised by a handler: the file can never be processed, so fail the job now, without retries."""
+
+
+class HandlerTimeout(ChuteError):
+    """An attempt ran past its handler's timeout and was stopped."""
+
+
+class HandlerCrashed(ChuteError):
+    """The process running an attempt died (signal, out of memory, os._exit)."""
+
+
+class InvalidResult(ChuteError):
+    """A handler returned something that cannot be stored as JSON."""
+
+
+# Jobs and the broker
+class JobNotFound(ChuteError):
+    pass
+
+
+class InvalidTransition(ChuteError):
+    """A status change the lifecycle does not allow (say, re-running a processed job)."""
+
+
+class BrokerUnavailable(ChuteError):
+    """The broker did not answer; the outbox keeps the work until it does."""

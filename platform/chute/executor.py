@@ -1,0 +1,102 @@
+"""Where attempts run. Processes by default: a handler past its timeout can be stopped (a thread
+cannot), a segfaulting parser takes down only its own process, and CPU-bound handlers use every core."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import queue
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from pebble import ProcessExpired, ProcessPool
+
+from chute.errors import HandlerCrashed, HandlerTimeout
+from chute.registry import Registry
+from chute.runner import AttemptResult, Task, error_info, init_child, run_in_child, run_spec
+
+Done = Callable[[Task, AttemptResult], None]
+
+
+class Executor(Protocol):
+    def submit(self, task: Task, done: Done) -> None: ...
+    def close(self, wait: bool) -> None: ...
+
+
+class ProcessExecutor:
+    """A pool of spawned child processes (spawn, not fork: the parent runs threads)."""
+
+    def __init__(self, concurrency: int, handlers: Path, registry: Registry) -> None:
+        self.registry = registry
+        self._pool = ProcessPool(max_workers=concurrency, context=multiprocessing.get_context("spawn"),
+                                 initializer=init_child, initargs=(str(handlers.resolve()),))
+
+    def submit(self, task: Task, done: Done) -> None:
+        future = self._pool.schedule(run_in_child, args=(task,), timeout=task.timeout)
+        future.add_done_callback(lambda f: done(task, self._outcome(task, f)))
+
+    def _outcome(self, task: Task, future: concurrent.futures.Future[AttemptResult]) -> AttemptResult:
+        spec = self.registry.get(task.handler)
+        try:
+            return future.result()
+        except concurrent.futures.TimeoutError:
+            exc: Exception = HandlerTimeout(f"{task.handler} ran past its timeout of {task.timeout:g}s "
+                                            "and was stopped")
+            return AttemptResult("timeout", error=error_info(exc, tb=False), duration=task.timeout,
+                                 retryable=spec.retry.covers(HandlerTimeout) if spec else True)
+        except ProcessExpired as expired:
+            exc = HandlerCrashed(f"the process running {task.handler} died (exit code {expired.exitcode})")
+            return AttemptResult("crashed", error=error_info(exc, tb=False),
+                                 retryable=spec.retry.covers(HandlerCrashed) if spec else True)
+        except concurrent.futures.CancelledError:
+            exc = HandlerCrashed("the attempt was cancelled before it finished")
+            return AttemptResult("crashed", error=error_info(exc, tb=False), retryable=True)
+        except Exception as exc:  # pickling or pool failure: report it as the attempt's error
+            return AttemptResult("error", error=error_info(exc), retryable=True)
+
+    def close(self, wait: bool) -> None:
+        if wait:
+            self._pool.close()
+        else:
+            self._pool.stop()
+        self._pool.join(timeout=10)
+
+
+class InlineExecutor:
+    """Runs each attempt in the calling thread: for tests and ``chute_app.drain()``."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def submit(self, task: Task, done: Done) -> None:
+        spec = self.registry.get(task.handler)
+        if spec is None:
+            result = AttemptResult("error", retryable=True, error={
+                "type": "UnknownHandler", "traceback": "", "message": f"no handler named {task.handler!r}"})
+        else:
+            result = run_spec(spec, task, thread_timeout=True)
+        done(task, result)
+
+    def close(self, wait: bool) -> None:
+        pass
+
+
+class ResultQueue:
+    """Finished attempts, handed from executor threads to the worker's own thread."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Task, AttemptResult]] = queue.SimpleQueue()
+
+    def put(self, task: Task, result: AttemptResult) -> None:
+        self._queue.put((task, result))
+
+    def take_all(self, block_for: float = 0.0) -> list[tuple[Task, AttemptResult]]:
+        items = []
+        try:
+            items.append(self._queue.get(timeout=block_for) if block_for else self._queue.get_nowait())
+            while True:
+                items.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        return items

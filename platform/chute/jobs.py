@@ -1,0 +1,313 @@
+"""Every read and write of job rows: the lifecycle's decisions, made durable in batches."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from chute import lifecycle
+from chute.db import Database
+from chute.errors import InvalidTransition, JobNotFound
+from chute.lifecycle import Claim, JobState, Transition
+from chute.models import Attempt, Job, JobStatus, utcnow
+from chute.registry import Registry
+from chute.retry import DEFAULT_POLICY
+from chute.runner import AttemptResult
+
+log = logging.getLogger("chute.jobs")
+S = JobStatus
+#: a job to publish and the ``dispatch_at`` it was due at (the token that marks it sent)
+Due = tuple[str, datetime]
+#: called inside the transaction that moves a job to a terminal state: (session, job, event)
+TransitionHook = Callable[[Session, Job, str], None]
+
+
+def new_job_id() -> str:
+    """Time-ordered (48-bit milliseconds, then 80 random bits): new rows land at the end of the index."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+
+
+def state(job: Job) -> JobState:
+    return JobState(job.status, job.attempts, job.max_attempts, job.next_attempt_at, job.lease_expires_at,
+                    job.lease_owner)
+
+
+def _locked(db: Database, query: Select[Any]) -> Select[Any]:
+    return query if db.is_sqlite else query.with_for_update()
+
+
+def _logfmt(**fields: Any) -> str:
+    return " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    job_id: str
+    redelivered: bool = False
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job_id: str
+    decision: Claim | None  # None: no such job
+    job: Job | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    job_id: str
+    attempt: int
+    result: AttemptResult
+
+
+@dataclass(frozen=True)
+class Recorded:
+    job_id: str
+    transition: Transition | None  # None: stale (the job was taken back by another worker)
+    job: Job | None
+
+
+class JobStore:
+    """The job table's operations; each public method is one committed transaction."""
+
+    def __init__(self, db: Database, hooks: Sequence[TransitionHook] = ()) -> None:
+        self.db = db
+        self.hooks = list(hooks)
+
+    # --- the API side -------------------------------------------------------------------------
+    def insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            with self.db.write() as session:
+                session.add_all(Job(**row) for row in rows)
+
+    def get(self, job_id: str) -> Job:
+        with self.db.read() as session:
+            job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def attempts(self, job_id: str) -> list[Attempt]:
+        with self.db.read() as session:
+            return list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.id)))
+
+    def list_jobs(self, status: JobStatus | None = None, handler: str | None = None, limit: int = 50,
+             cursor: str | None = None) -> tuple[list[Job], str | None]:
+        """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat."""
+        query = select(Job)
+        if status is not None:
+            query = query.where(Job.status == status)
+        if handler is not None:
+            query = query.where(Job.handler == handler)
+        if cursor is not None:
+            created, job_id = decode_cursor(cursor)
+            query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+        query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+        with self.db.read() as session:
+            jobs = list(session.scalars(query))
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return jobs, encode_cursor(jobs[-1]) if more else None
+
+    def mark_dispatched(self, due: Sequence[Due]) -> None:
+        """The broker has these messages: the relay need not send them again. A row whose
+        ``dispatch_at`` has moved on since (a retry scheduled meanwhile) keeps its new one."""
+        if due:
+            with self.db.write() as session:
+                for job_id, dispatch_at in due:
+                    session.execute(update(Job).where(Job.id == job_id, Job.dispatch_at == dispatch_at)
+                                    .values(dispatch_at=None))
+
+    def retry_failed(self, job_id: str, policy_attempts: int | None = None) -> Job:
+        """An operator re-runs a failed job: attempts start again from zero."""
+        now = utcnow()
+        with self.db.write() as session:
+            job = session.scalars(_locked(self.db, select(Job).where(Job.id == job_id))).first()
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.status is not S.FAILED:
+                raise InvalidTransition(f"only a failed job can be re-run; this one is {job.status.value}")
+            lifecycle.check(job.status, S.PENDING)
+            job.status, job.attempts, job.error, job.result = S.PENDING, 0, None, None
+            job.max_attempts = policy_attempts or job.max_attempts
+            job.finished_at = job.next_attempt_at = job.lease_owner = job.lease_expires_at = None
+            job.updated_at = job.dispatch_at = now
+        log.info(_logfmt(event="rerun", job=job_id, handler=job.handler, status="pending"))
+        return cast(Job, job)
+
+    # --- the worker side ----------------------------------------------------------------------
+    def claim(self, deliveries: Sequence[Delivery], worker: str, lease: float) -> list[Claimed]:
+        """Start an attempt for every delivery the lifecycle allows, in one transaction."""
+        now = utcnow()
+        ids = list({d.job_id for d in deliveries})
+        out: list[Claimed] = []
+        with self.db.write() as session:
+            rows = {j.id: j for j in session.scalars(_locked(self.db, select(Job).where(Job.id.in_(ids))))}
+            for delivery in deliveries:
+                job = rows.get(delivery.job_id)
+                if job is None:
+                    out.append(Claimed(delivery.job_id, None, None))
+                    continue
+                decision = lifecycle.claim(state(job), now, delivery.redelivered)
+                if decision is not Claim.SKIP and job.status is S.RUNNING:
+                    self._close_lost_attempt(session, job, now)
+                if decision is Claim.RUN:
+                    lifecycle.check(job.status, S.RUNNING)
+                    job.status = S.RUNNING
+                    job.attempts += 1
+                    job.lease_owner, job.lease_expires_at = worker, now + timedelta(seconds=lease)
+                    job.started_at = job.started_at or now
+                    job.updated_at = now
+                    job.next_attempt_at = job.dispatch_at = None
+                    session.add(Attempt(job_id=job.id, number=job.attempts, worker=worker, started_at=now))
+                elif decision is Claim.EXHAUSTED:
+                    self._finish(session, job, S.FAILED, now, error=lifecycle.lost_attempt_error(job.attempts))
+                    self._emit(session, job, "failed")
+                out.append(Claimed(delivery.job_id, decision, job))
+        for claimed in out:
+            if claimed.decision is Claim.RUN and claimed.job is not None:
+                job = claimed.job
+                log.info(_logfmt(event="start", job=job.id, handler=job.handler,
+                                 attempt=f"{job.attempts}/{job.max_attempts}", status="running", worker=worker))
+            elif claimed.decision is Claim.EXHAUSTED and claimed.job is not None:
+                log.warning(_logfmt(event="lost", job=claimed.job_id, handler=claimed.job.handler,
+                                    attempt=f"{claimed.job.attempts}/{claimed.job.max_attempts}", status="failed"))
+        return out
+
+    def record(self, finished: Sequence[Finished], worker: str, registry: Registry) -> list[Recorded]:
+        """Store how each attempt ended and move its job on, in one transaction."""
+        now = utcnow()
+        out: list[Recorded] = []
+        with self.db.write() as session:
+            ids = [f.job_id for f in finished]
+            rows = {j.id: j for j in session.scalars(_locked(self.db, select(Job).where(Job.id.in_(ids))))}
+            for item in finished:
+                job = rows.get(item.job_id)
+                if (job is None or job.status is not S.RUNNING or job.lease_owner != worker
+                        or job.attempts != item.attempt):
+                    out.append(Recorded(item.job_id, None, job))
+                    continue
+                spec = registry.get(job.handler)
+                policy = spec.retry if spec else DEFAULT_POLICY
+                transition = lifecycle.after_attempt(state(job), item.result, policy, now)
+                lifecycle.check(job.status, transition.status)
+                self._close_attempt(session, job.id, item.attempt, now, item.result)
+                if transition.status is S.RETRYING:
+                    job.status, job.error = S.RETRYING, item.result.error
+                    job.next_attempt_at = job.dispatch_at = transition.next_attempt_at
+                    job.lease_owner = job.lease_expires_at = None
+                    job.updated_at = now
+                else:
+                    self._finish(session, job, transition.status, now, result=item.result.result,
+                                 error=item.result.error)
+                if transition.event:
+                    self._emit(session, job, transition.event)
+                out.append(Recorded(item.job_id, transition, job))
+        for item, rec in zip(finished, out, strict=True):
+            job, t = rec.job, rec.transition
+            if t is None or job is None:
+                log.warning(_logfmt(event="stale", job=item.job_id, attempt=item.attempt,
+                                    note="the job was taken back by another worker; this outcome is dropped"))
+                continue
+            error = item.result.error or {}
+            log.info(_logfmt(event="attempt", job=job.id, handler=job.handler,
+                             attempt=f"{item.attempt}/{job.max_attempts}", outcome=item.result.outcome,
+                             status=t.status.value, duration_ms=round(item.result.duration * 1000),
+                             retry_in=f"{t.delay:.2f}s" if t.delay is not None else None,
+                             error=error.get("type")))
+        return out
+
+    def hand_back(self, items: Sequence[tuple[str, int]], worker: str) -> None:
+        """Shutdown: attempts we could not finish go back to pending, not counted against the job."""
+        now = utcnow()
+        with self.db.write() as session:
+            for job_id, attempt in items:
+                job = session.get(Job, job_id)
+                if job is None or job.status is not S.RUNNING or job.lease_owner != worker:
+                    continue
+                lifecycle.check(job.status, S.PENDING)
+                job.status, job.attempts = S.PENDING, job.attempts - 1
+                job.lease_owner = job.lease_expires_at = None
+                job.updated_at = job.dispatch_at = now
+                session.execute(update(Attempt).where(Attempt.job_id == job_id, Attempt.number == attempt,
+                                                      Attempt.finished_at.is_(None))
+                                .values(finished_at=now, outcome="interrupted"))
+                log.info(_logfmt(event="handed-back", job=job_id, attempt=attempt, status="pending"))
+
+    def heartbeat(self, job_ids: Sequence[str], worker: str, lease: float) -> None:
+        if job_ids:
+            with self.db.write() as session:
+                session.execute(update(Job).where(Job.id.in_(job_ids), Job.lease_owner == worker,
+                                                  Job.status == S.RUNNING)
+                                .values(lease_expires_at=utcnow() + timedelta(seconds=lease)))
+
+    # --- the relay side -----------------------------------------------------------------------
+    def due(self, limit: int, lease: float) -> list[Due]:
+        """Jobs to (re)publish now: never published, retry due, or running on an expired lease."""
+        now = utcnow()
+        with self.db.write() as session:
+            expired = session.execute(
+                update(Job).where(Job.status == S.RUNNING, Job.lease_expires_at <= now)
+                .values(lease_owner=None, lease_expires_at=now + timedelta(seconds=lease), dispatch_at=now)
+                .returning(Job.id)).scalars().all()
+            for job_id in expired:
+                log.warning(_logfmt(event="lease-expired", job=job_id, note="its worker stopped answering; "
+                                    "sending it again"))
+            rows = session.execute(select(Job.id, Job.dispatch_at).where(Job.dispatch_at <= now)
+                                   .order_by(Job.dispatch_at).limit(limit))
+            return [(job_id, dispatch_at) for job_id, dispatch_at in rows if dispatch_at is not None]
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _emit(self, session: Session, job: Job, event: str) -> None:
+        for hook in self.hooks:
+            hook(session, job, event)
+
+    def _finish(self, session: Session, job: Job, status: JobStatus, now: datetime, result: Any = None,
+                error: dict[str, Any] | None = None) -> None:
+        lifecycle.check(job.status, status)
+        job.status, job.result, job.error = status, result, error
+        job.finished_at = job.updated_at = now
+        job.next_attempt_at = job.dispatch_at = job.lease_owner = job.lease_expires_at = None
+
+    def _close_attempt(self, session: Session, job_id: str, number: int, now: datetime,
+                       result: AttemptResult) -> None:
+        error = result.error or {}
+        session.execute(update(Attempt).where(Attempt.job_id == job_id, Attempt.number == number,
+                                              Attempt.finished_at.is_(None))
+                        .values(finished_at=now, outcome=result.outcome, error_type=error.get("type"),
+                                error_message=(error.get("message") or "")[:4000] or None))
+
+    def _close_lost_attempt(self, session: Session, job: Job, now: datetime) -> None:
+        error = lifecycle.lost_attempt_error(job.attempts)
+        session.execute(update(Attempt).where(Attempt.job_id == job.id, Attempt.number == job.attempts,
+                                              Attempt.finished_at.is_(None))
+                        .values(finished_at=now, outcome="lost", error_type=error["type"],
+                                error_message=error["message"]))
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), job_id
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("the cursor is not one this API gave out") from None
+
+
+def worker_id() -> str:
+    return f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"

@@ -1,0 +1,110 @@
+"""The tables: a job per accepted upload and a row per attempt, so every step is on record."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC: SQLite has no time zones and comparisons must agree."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to a UTC column")
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job stands; see lifecycle.py for the moves between them."""
+
+    #: accepted and stored, waiting for a worker
+    PENDING = "pending"
+    #: a worker holds the lease and runs the handler
+    RUNNING = "running"
+    #: an attempt failed; the next one is due at ``next_attempt_at``
+    RETRYING = "retrying"
+    #: the handler returned; ``result`` holds what it returned
+    PROCESSED = "processed"
+    #: rejected, or out of attempts; ``error`` says why
+    FAILED = "failed"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[str]: JSON}
+
+
+def _status_enum() -> Enum:
+    return Enum(JobStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e],
+                validate_strings=True, name="job_status")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[JobStatus] = mapped_column(_status_enum())
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    #: what the client said and what the extension says, beside what the bytes say
+    type_info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(255))
+    handler: Mapped[str] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    notify: Mapped[list[str]] = mapped_column(JSON, default=list)
+    result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    #: outbox: when the job is due to be (re)published to the broker; NULL once it has been
+    dispatch_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_handler_created", "handler", "created_at"),
+        Index("ix_jobs_dispatch_at", "dispatch_at"),
+        Index("ix_jobs_lease", "status", "lease_expires_at"),
+    )
+
+
+class Attempt(Base):
+    """One run of a handler on a job: the timestamps the backoff is measured from, and how it ended."""
+
+    __tablename__ = "job_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    #: processed, error, rejected, timeout, crashed, lost (the worker died), interrupted (handed back)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    error_type: Mapped[str | None] = mapped_column(String(255))
+    error_message: Mapped[str | None] = mapped_column(Text)

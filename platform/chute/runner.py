@@ -1,0 +1,149 @@
+"""One attempt of one handler, the same way everywhere: in a worker's child process, inline in tests,
+and in ``chute.testing.run_handler``. Whatever happens comes back as data, never as a raised error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chute.context import Context, Upload, job_logger
+from chute.errors import HandlerTimeout, InvalidResult, Reject
+from chute.registry import HandlerSpec, Registry, load_handlers
+
+TRACEBACK_LINES = 25
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything a child process needs to run an attempt; plain data, so it pickles."""
+
+    job_id: str
+    handler: str
+    attempt: int
+    path: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    artifacts_dir: str
+    scratch_root: str
+    timeout: float
+
+
+@dataclass
+class AttemptResult:
+    #: processed | error | rejected | timeout | crashed | invalid
+    outcome: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+    retryable: bool = False
+    artifacts: list[str] = field(default_factory=list)
+    duration: float = 0.0
+
+
+def error_info(exc: BaseException, tb: bool = True) -> dict[str, Any]:
+    lines = traceback.format_exception(exc) if tb else []
+    tail = "".join(lines).splitlines()[-TRACEBACK_LINES:]
+    return {"type": type(exc).__qualname__, "message": str(exc), "traceback": "\n".join(tail)}
+
+
+def prepare(spec: HandlerSpec, task: Task) -> tuple[Upload, Context]:
+    """The Upload and Context a handler gets, built the same way by the worker and the testing kit."""
+    scratch = Path(task.scratch_root) / f"{task.job_id}-{task.attempt}"
+    artifacts = Path(task.artifacts_dir)
+    shutil.rmtree(artifacts, ignore_errors=True)  # an earlier attempt's leftovers are not this one's output
+    scratch.mkdir(parents=True, exist_ok=True)
+    upload = Upload(Path(task.path), task.filename, task.content_type, task.size, task.sha256)
+    ctx = Context(task.job_id, task.attempt, job_logger(task.job_id, spec.name, task.attempt), scratch,
+                  artifacts, spec.name)
+    return upload, ctx
+
+
+def to_json(value: Any) -> Any:
+    """The value as it will be stored, or InvalidResult."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidResult(f"the handler returned something JSON cannot hold: {exc}") from None
+
+
+def run_spec(spec: HandlerSpec, task: Task, thread_timeout: bool = False) -> AttemptResult:
+    """Run ``spec`` on ``task``; with ``thread_timeout`` a sync handler runs in a thread we stop waiting for."""
+    upload, ctx = prepare(spec, task)
+    started = time.monotonic()
+    try:
+        result = to_json(invoke(spec, upload, ctx, task.timeout, thread_timeout))
+        return AttemptResult("processed", result, artifacts=list(ctx.artifacts),
+                             duration=time.monotonic() - started)
+    except Reject as exc:
+        return AttemptResult("rejected", error=error_info(exc), duration=time.monotonic() - started)
+    except InvalidResult as exc:
+        return AttemptResult("invalid", error=error_info(exc, tb=False), duration=time.monotonic() - started)
+    except HandlerTimeout as exc:
+        return AttemptResult("timeout", error=error_info(exc, tb=False), retryable=spec.retry.covers(HandlerTimeout),
+                             duration=time.monotonic() - started)
+    except Exception as exc:
+        return AttemptResult("error", error=error_info(exc), retryable=spec.retry.covers(type(exc)),
+                             duration=time.monotonic() - started)
+    finally:
+        shutil.rmtree(ctx.scratch, ignore_errors=True)
+
+
+def invoke(spec: HandlerSpec, upload: Upload, ctx: Context, timeout: float, thread_timeout: bool = False) -> Any:
+    """Call the handler with its timeout: async ones are cancelled, sync ones are abandoned in a thread."""
+    if spec.is_async:
+        async def bounded() -> Any:
+            try:
+                return await asyncio.wait_for(spec.func(upload, ctx), timeout)
+            except TimeoutError:
+                raise HandlerTimeout(f"{spec.name} ran past its timeout of {timeout:g}s") from None
+
+        return asyncio.run(bounded())
+    if not thread_timeout:
+        return spec.func(upload, ctx)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = spec.func(upload, ctx)
+        except BaseException as exc:  # handed to the caller's thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True, name=f"chute-{spec.name}")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise HandlerTimeout(f"{spec.name} ran past its timeout of {timeout:g}s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+# The child-process side: each child loads the handlers once and keeps them.
+_registry: Registry | None = None
+
+
+def init_child(handlers_path: str) -> None:
+    import logging
+
+    global _registry
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _registry = load_handlers(Path(handlers_path))
+
+
+def run_in_child(task: Task) -> AttemptResult:
+    if _registry is None:
+        raise RuntimeError("init_child was not called in this process")
+    spec = _registry.get(task.handler)
+    if spec is None:
+        # Likely a rolling deploy: another worker may know it, so let the policy retry.
+        return AttemptResult("error", retryable=True, error={
+            "type": "UnknownHandler", "traceback": "", "message": f"no handler named {task.handler!r} here"})
+    return run_spec(spec, task)

@@ -1,0 +1,138 @@
+"""Every CHUTE_ setting in one place, validated once at start-up so a typo fails fast and names itself."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from chute.errors import ConfigError
+
+CommaList = Annotated[list[str], NoDecode]
+BROKER_SCHEMES = {"filesystem", "memory", "amqp", "amqps", "pyamqp"}
+SMTP_SCHEMES = {"smtp", "smtps"}
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Read from the environment (``CHUTE_`` prefix) and ``.env``; list settings are comma-separated."""
+
+    model_config = SettingsConfigDict(env_prefix="CHUTE_", env_file=".env", extra="ignore")
+
+    var_dir: Path = Path("var")
+    database_url: str = ""
+    broker_url: str = ""
+    storage_dir: Path | None = None
+    handlers: Path = Path("handlers")
+    templates: Path = Path("notifications/templates")
+    outbox_dir: Path | None = None
+    smtp_url: str | None = None
+    smtp_timeout: float = Field(default=30.0, gt=0)
+    mail_from: str = "Chute <chute@localhost>"
+    notify_default: CommaList = []
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    api_keys: CommaList = []
+    public_url: str = "http://127.0.0.1:8000"
+    worker_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0, le=512)
+    queue_type: str = "quorum"
+    #: queue names start with this: several Chutes (or test runs) can share one RabbitMQ
+    queue_prefix: str = Field(default="chute", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    lease_seconds: float = Field(default=30.0, gt=0)
+    relay_interval: float = Field(default=0.5, gt=0)
+    publish_grace: float = Field(default=5.0, ge=0)
+    log_level: str = "INFO"
+
+    @field_validator("notify_default", "api_keys", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("notify_default")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        out = []
+        for address in value:
+            try:
+                out.append(validate_email(address, check_deliverability=False).normalized)
+            except EmailNotValidError as exc:
+                raise ValueError(f"{address!r} is not an email address ({exc})") from None
+        return out
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if value:
+            try:
+                make_url(value)
+            except ArgumentError:
+                raise ValueError(f"{value!r} is not a SQLAlchemy URL (say sqlite:///var/chute.db)") from None
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in BROKER_SCHEMES:
+            raise ValueError(f"{value!r}: the scheme must be one of {', '.join(sorted(BROKER_SCHEMES))}")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: str | None) -> str | None:
+        if value and (urlsplit(value).scheme not in SMTP_SCHEMES or not urlsplit(value).hostname):
+            raise ValueError(f"{value!r}: expected smtp://[user:pass@]host[:port] or smtps://…")
+        return value or None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("queue_type")
+    @classmethod
+    def _queue_type(cls, value: str) -> str:
+        if value not in {"quorum", "classic"}:
+            raise ValueError("must be 'quorum' or 'classic'")
+        return value
+
+    # Derived locations: everything Chute writes by default lives under var/.
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.var_dir / 'chute.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"filesystem://{self.var_dir / 'broker'}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.storage_dir or self.var_dir / "files"
+
+    @property
+    def mail_outbox(self) -> Path:
+        return self.outbox_dir or self.var_dir / "outbox"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning a validation failure into one line that names the CHUTE_ variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "CHUTE_" + str(first["loc"][0]).upper() if first["loc"] else "CHUTE_*"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {name}: {message}") from None

@@ -1,0 +1,96 @@
+"""A file's type from its first bytes, cross-checked with its extension and the declared Content-Type.
+
+Magic numbers decide for binary formats (a ``.csv`` that is a PNG is a PNG). Text has no magic,
+so within text the extension, then the declared type, then the content's shape decide."""
+
+from __future__ import annotations
+
+import codecs
+import mimetypes
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import filetype
+
+from chute.storage import extension_of
+
+GENERIC = {"application/octet-stream", "text/plain", "binary/octet-stream", ""}
+TEXT_APPLICATION = {
+    "application/json", "application/jsonl", "application/x-ndjson", "application/xml", "application/csv",
+    "application/javascript", "application/x-yaml", "application/yaml", "application/toml", "application/sql",
+}
+_TYPES = mimetypes.MimeTypes(filenames=())  # Python's own table: the same on every machine
+for _ext, _mime in {".jsonl": "application/jsonl", ".ndjson": "application/x-ndjson", ".md": "text/markdown",
+                    ".yaml": "application/yaml", ".yml": "application/yaml", ".toml": "application/toml",
+                    ".tsv": "text/tab-separated-values", ".webp": "image/webp"}.items():
+    _TYPES.add_type(_mime, _ext)
+
+
+def is_textual(mime: str) -> bool:
+    return mime.startswith("text/") or mime in TEXT_APPLICATION or mime.endswith(("+json", "+xml"))
+
+
+def type_of_extension(ext: str) -> str | None:
+    return _TYPES.types_map[1].get(ext) or _TYPES.types_map[0].get(ext) if ext else None
+
+
+def looks_like_text(head: bytes) -> bool:
+    """No NUL bytes and valid UTF-8 (a multi-byte character cut at the end is fine), or a UTF-16 BOM."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return True
+    if b"\x00" in head:
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        return True
+    except UnicodeDecodeError:
+        pass
+    # Legacy 8-bit text (latin-1, cp1252): few control characters besides whitespace.
+    controls = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13))
+    return controls <= len(head) // 100
+
+
+def _shape(head: bytes) -> str | None:
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    return "application/json" if start in (b"{", b"[") else None
+
+
+@dataclass(frozen=True)
+class Detected:
+    """The type Chute routes by, and the evidence beside it (stored on the job as ``type_info``)."""
+
+    mime: str
+    sniffed: str | None
+    declared: str | None
+    extension: str | None
+    text: bool
+
+    @property
+    def mismatch(self) -> bool:
+        others = [t for t in (self.extension, self.declared) if t and t not in GENERIC]
+        return any(t != self.mime for t in others)
+
+    def info(self) -> dict[str, Any]:
+        return {"detected": self.mime, "sniffed": self.sniffed, "declared": self.declared,
+                "extension": self.extension, "mismatch": self.mismatch}
+
+
+def detect(head: bytes, filename: str, declared: str | None,
+           claimed_extensions: Mapping[str, str] | None = None) -> Detected:
+    """``claimed_extensions`` maps an extension to the type its handler declares (``.csv`` → text/csv)."""
+    declared = (declared or "").split(";")[0].strip().lower() or None
+    ext = extension_of(filename)
+    by_ext = type_of_extension(ext)
+    claimed = (claimed_extensions or {}).get(ext)
+    magic = filetype.guess_mime(head) if head else None
+    if magic:
+        return Detected(magic, magic, declared, by_ext, False)
+    if looks_like_text(head):
+        candidates = [claimed, by_ext, declared if declared not in GENERIC else None, _shape(head)]
+        mime = next((c for c in candidates if c and is_textual(c) and "*" not in c), "text/plain")
+        return Detected(mime, "text/plain", declared, by_ext or claimed, True)
+    # Binary without known magic: trust the extension, then the client, before giving up.
+    candidates = [claimed, by_ext, declared]
+    mime = next((c for c in candidates if c and not is_textual(c) and "*" not in c), "application/octet-stream")
+    return Detected(mime, None, declared, by_ext or claimed, False)

@@ -1,0 +1,144 @@
+"""Files on local disk, at paths Chute chooses: streamed in, hashed on the way, durable before the 202."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import threading
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from chute.errors import UploadTooLarge
+
+HEAD_BYTES = 8192
+#: start writing back to disk every so often, so the final fsync has little left to do
+FLUSH_EVERY = 32 * 1024 * 1024
+MAX_NAME = 200
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def clean_filename(name: str | None) -> str:
+    """A display name that is safe to store, log and put in a mail header: never used as a path."""
+    name = unicodedata.normalize("NFC", name or "")
+    # Drop control characters and the invisible formatting ones (bidi overrides like U+202E).
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co"))
+    name = _UNSAFE.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1]).strip().lstrip(".")
+    if len(name) > MAX_NAME:
+        _, dot, ext = name.rpartition(".")
+        ext = ext if dot and 0 < len(ext) <= 16 else ""
+        name = name[: MAX_NAME - len(ext) - 1].rstrip() + ("." + ext if ext else "")
+    return name or "upload"
+
+
+def extension_of(name: str) -> str:
+    _, dot, ext = name.rpartition(".")
+    return "." + ext.lower() if dot and ext and len(ext) <= 16 else ""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    key: str
+    path: Path
+    size: int
+    sha256: str
+    head: bytes
+
+
+class FileWriter:
+    """Receives chunks; refuses to grow past the limit; removes itself unless finished."""
+
+    def __init__(self, path: Path, key: str, limit: int) -> None:
+        self.path, self.key, self.limit = path, key, limit
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o640)
+        self._hash = hashlib.sha256()
+        self._head = bytearray()
+        self.size = 0
+        self._unflushed = 0
+        self._flusher: threading.Thread | None = None
+        self._done = False
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        if self.size + len(chunk) > self.limit:
+            self.abort()
+            raise UploadTooLarge(f"the file is larger than the limit of {self.limit} bytes")
+        if len(self._head) < HEAD_BYTES:
+            self._head += chunk[: HEAD_BYTES - len(self._head)]
+        self._hash.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self.size += len(chunk)
+        self._unflushed += len(chunk)
+        if self._unflushed >= FLUSH_EVERY and (self._flusher is None or not self._flusher.is_alive()):
+            # fdatasync in a thread: the disk writes back while we keep receiving.
+            self._unflushed = 0
+            self._flusher = threading.Thread(target=os.fdatasync, args=(self._fd,), daemon=True)
+            self._flusher.start()
+
+    def finish(self) -> StoredFile:
+        """Make the bytes and the directory entry durable; blocking, so call it off the event loop."""
+        if self._flusher is not None:
+            self._flusher.join()
+        os.fsync(self._fd)
+        os.close(self._fd)
+        os.chmod(self.path, 0o440)  # handlers get a read-only view
+        _fsync_dir(self.path.parent)
+        _fsync_dir(self.path.parent.parent)
+        self._done = True
+        return StoredFile(self.key, self.path, self.size, self._hash.hexdigest(), bytes(self._head))
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._flusher is not None:
+            self._flusher.join()
+        os.close(self._fd)
+        shutil.rmtree(self.path.parent, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Storage:
+    """A job's original is ``<root>/<id[:2]>/<id>/original``; its artifacts sit beside it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def key_for(self, job_id: str) -> str:
+        return f"{job_id[:2]}/{job_id}/original"
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def writer(self, job_id: str, limit: int) -> FileWriter:
+        key = self.key_for(job_id)
+        return FileWriter(self.path(key), key, limit)
+
+    def artifacts_dir(self, key: str) -> Path:
+        return self.path(key).parent / "artifacts"
+
+    def artifact(self, key: str, name: str) -> Path | None:
+        """The artifact called ``name``, or None; a name can never reach outside the job's folder."""
+        if name != clean_filename(name):
+            return None
+        path = self.artifacts_dir(key) / name
+        return path if path.is_file() else None
+
+    def list_artifacts(self, key: str) -> list[str]:
+        folder = self.artifacts_dir(key)
+        return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+    def delete(self, key: str) -> None:
+        shutil.rmtree(self.path(key).parent, ignore_errors=True)

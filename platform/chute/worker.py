@@ -1,0 +1,237 @@
+"""The consumer: take job messages, claim them, run their handlers, record, then acknowledge.
+
+Everything touching kombu happens on the worker's own thread; the executor hands finished attempts
+back through a queue. Claims and outcomes are written in batches, one transaction each, and a
+message is acknowledged only after its outcome is committed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kombu.messaging import Consumer
+
+from chute.broker import Broker, Publisher, job_message
+from chute.executor import Executor, ResultQueue
+from chute.jobs import Claimed, Delivery, Finished, JobStore, Recorded, worker_id
+from chute.lifecycle import Claim
+from chute.models import Job
+from chute.registry import DEFAULT_TIMEOUT, Registry
+from chute.runner import AttemptResult, Task
+from chute.storage import Storage
+
+log = logging.getLogger("chute.worker")
+TICK = 0.01
+RECONNECT_MAX = 10.0
+
+
+@dataclass
+class InFlight:
+    message: Any
+    task: Task
+    generation: int
+
+
+class Worker:
+    def __init__(self, store: JobStore, broker: Broker, registry: Registry, storage: Storage,
+                 executor: Executor, *, concurrency: int, scratch: Path, lease: float = 30.0,
+                 prefetch: int | None = None, shutdown_grace: float = 30.0) -> None:
+        self.store, self.broker, self.registry, self.storage = store, broker, registry, storage
+        self.executor = executor
+        self.concurrency = concurrency
+        self.prefetch = prefetch or concurrency * 2
+        self.scratch = scratch
+        self.lease = lease
+        self.shutdown_grace = shutdown_grace
+        self.id = worker_id()
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self._results = ResultQueue()
+        self._inbox: list[tuple[Delivery, Any]] = []
+        self._inflight: dict[str, InFlight] = {}
+        self._generation = 0  # bumped on reconnect: older messages can no longer be acked
+        self._dead = Publisher(broker)
+        self._last_heartbeat = time.monotonic()
+        self._last_recover = 0.0
+        self._executor_closed = False
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run(self) -> None:
+        """Consume until ``stop()``; reconnects with backoff when the broker goes away."""
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                self._consume()
+                delay = 0.5
+            except Exception as exc:
+                if self.stopping.is_set():
+                    break
+                log.warning("broker connection lost (%s: %s); reconnecting in %.1fs", type(exc).__name__, exc,
+                            delay)
+                self._generation += 1
+                self._inbox.clear()  # the broker gives those messages to someone else
+                self._service(drain_only=True)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, RECONNECT_MAX)
+        self._shutdown()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _consume(self) -> None:
+        with self.broker.connection() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+            self.broker.declare(conn)
+            channel = conn.channel()
+            channel.basic_qos(0, self.prefetch, False)
+            consumer = Consumer(channel, [self.broker.work_queue], on_message=self._on_message,
+                                no_ack=False)
+            consumer.consume()
+            self.ready.set()
+            log.info("worker %s consuming %s on %s (concurrency %d)", self.id, self.broker.work_queue.name,
+                     self.broker.safe_url, self.concurrency)
+            self.broker.recover_orphans()
+            while not self.stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=TICK)
+                if self.broker.is_amqp:
+                    conn.heartbeat_check()
+                self._service()
+            consumer.cancel()
+            self._finish_inflight(channel)
+
+    def _on_message(self, message: Any) -> None:
+        try:
+            body = json.loads(message.body)
+            job_id = body["job"]
+            if not isinstance(job_id, str) or not job_id:
+                raise ValueError("no job id")
+        except (ValueError, KeyError, TypeError) as exc:
+            self._dead_letter(message.body, f"undecodable message: {type(exc).__name__}: {exc}")
+            message.ack()
+            return
+        redelivered = bool((message.delivery_info or {}).get("redelivered"))
+        self._inbox.append((Delivery(job_id, redelivered), message))
+
+    # --- one pass -------------------------------------------------------------------------------
+    def _service(self, drain_only: bool = False) -> None:
+        finished = self._results.take_all()
+        if finished:
+            self._record(finished)
+        if drain_only:
+            return
+        self._adopt_redeliveries()
+        free = self.concurrency - len(self._inflight)
+        if self._inbox and free > 0:
+            batch, self._inbox = self._inbox[:free], self._inbox[free:]
+            self._claim(batch)
+        now = time.monotonic()
+        if now - self._last_heartbeat > self.lease / 3:
+            self._last_heartbeat = now
+            self.store.heartbeat(list(self._inflight), self.id, self.lease)
+        if self.broker.embedded_root is not None and now - self._last_recover > 2.0:
+            self._last_recover = now
+            self.broker.recover_orphans()
+
+    def _adopt_redeliveries(self) -> None:
+        """After a reconnect the broker resends what we were running; keep running it, ack the new copy."""
+        keep = []
+        for delivery, message in self._inbox:
+            flight = self._inflight.get(delivery.job_id)
+            if flight is not None and flight.generation != self._generation:
+                flight.message, flight.generation = message, self._generation
+            else:
+                keep.append((delivery, message))
+        self._inbox = keep
+
+    def _claim(self, batch: list[tuple[Delivery, Any]]) -> None:
+        claimed = self.store.claim([d for d, _ in batch], self.id, self.lease)
+        outcome: Claimed
+        for (delivery, message), outcome in zip(batch, claimed, strict=True):
+            if outcome.decision is Claim.RUN and outcome.job is not None:
+                task = self._task(outcome.job)
+                self._inflight[delivery.job_id] = InFlight(message, task, self._generation)
+                self.executor.submit(task, self._results.put)
+                continue
+            if outcome.decision is None:
+                self._dead_letter(message.body, f"no job {delivery.job_id}")
+            elif outcome.decision is Claim.EXHAUSTED:
+                self._dead_letter(job_message(delivery.job_id), "out of attempts: the worker died",
+                                  job=outcome.job)
+            message.ack()
+        self._log_skips(claimed)
+
+    def _record(self, finished: list[tuple[Task, AttemptResult]]) -> None:
+        recorded = self.store.record([Finished(t.job_id, t.attempt, r) for t, r in finished], self.id,
+                                     self.registry)
+        rec: Recorded
+        for (task, _), rec in zip(finished, recorded, strict=True):
+            flight = self._inflight.pop(task.job_id, None)
+            if rec.transition is not None and rec.transition.dead_letter:
+                self._dead_letter(job_message(task.job_id), "failed", job=rec.job)
+            if flight is not None and flight.generation == self._generation:
+                flight.message.ack()
+
+    def _task(self, job: Job) -> Task:
+        return task_for(job, self.storage, self.registry, self.scratch)
+
+    def _dead_letter(self, body: bytes | str, reason: str, job: Job | None = None) -> None:
+        headers: dict[str, Any] = {"x-chute-reason": reason}
+        if job is not None:
+            headers.update({"x-chute-job": job.id, "x-chute-attempts": job.attempts,
+                            "x-chute-error": (job.error or {}).get("type", "")})
+        else:
+            log.warning("dead-lettered a message: %s", reason)
+        raw = body.encode() if isinstance(body, str) else body
+        self._dead.publish([raw], queue=self.broker.dead, headers=headers)
+
+    def _log_skips(self, claimed: list[Claimed]) -> None:
+        for c in claimed:
+            if c.decision is Claim.SKIP:
+                log.debug("skipped a duplicate delivery of %s", c.job_id)
+
+    # --- stopping -------------------------------------------------------------------------------
+    def _finish_inflight(self, channel: Any) -> None:
+        """Unclaimed messages go straight back; running attempts get ``shutdown_grace`` to finish."""
+        for _, message in self._inbox:
+            message.requeue()
+        self._inbox.clear()
+        deadline = time.monotonic() + self.shutdown_grace
+        while self._inflight and time.monotonic() < deadline:
+            finished = self._results.take_all(block_for=0.05)
+            if finished:
+                self._record(finished)
+        if self._inflight:
+            self.executor.close(wait=False)
+            self._executor_closed = True
+            leftovers = list(self._inflight.items())
+            self.store.hand_back([(job_id, f.task.attempt) for job_id, f in leftovers], self.id)
+            for _, flight in leftovers:
+                if flight.generation == self._generation:
+                    flight.message.requeue()
+            self._inflight.clear()
+
+    def _shutdown(self) -> None:
+        if self._inflight:  # the connection is gone: hand back in the database; the broker redelivers
+            self.store.hand_back([(job_id, f.task.attempt) for job_id, f in self._inflight.items()], self.id)
+            self._inflight.clear()
+        if not self._executor_closed:
+            self.executor.close(wait=True)
+        self._dead.close()
+        log.info("worker %s stopped", self.id)
+
+
+def task_for(job: Job, storage: Storage, registry: Registry, scratch: Path) -> Task:
+    """The plain-data description of the attempt a claimed job is about to make."""
+    spec = registry.get(job.handler)
+    return Task(job_id=job.id, handler=job.handler, attempt=job.attempts,
+                path=str(storage.path(job.storage_key)), filename=job.filename,
+                content_type=job.content_type, size=job.size, sha256=job.sha256,
+                artifacts_dir=str(storage.artifacts_dir(job.storage_key)),
+                scratch_root=str(scratch), timeout=spec.timeout if spec else DEFAULT_TIMEOUT)

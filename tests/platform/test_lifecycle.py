@@ -1,0 +1,87 @@
+"""The state machine, driven without a broker or a database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from chute.errors import InvalidTransition
+from chute.lifecycle import Claim, JobState, after_attempt, check, claim
+from chute.models import JobStatus as S
+from chute.retry import RetryPolicy
+from chute.runner import AttemptResult
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+POLICY = RetryPolicy(attempts=3, backoff=2.0, max_backoff=60.0, jitter=False)
+
+
+def job(status: S, attempts: int = 0, **kw: object) -> JobState:
+    return JobState(status, attempts, 3, **kw)  # type: ignore[arg-type]
+
+
+def test_a_pending_job_runs() -> None:
+    assert claim(job(S.PENDING), NOW) is Claim.RUN
+
+
+@pytest.mark.parametrize("status", [S.PROCESSED, S.FAILED])
+def test_a_finished_job_is_never_run_again(status: S) -> None:
+    assert claim(job(status, 1), NOW, redelivered=True) is Claim.SKIP
+
+
+def test_a_retry_runs_only_when_due() -> None:
+    assert claim(job(S.RETRYING, 1, next_attempt_at=NOW + timedelta(seconds=1)), NOW) is Claim.SKIP
+    assert claim(job(S.RETRYING, 1, next_attempt_at=NOW), NOW) is Claim.RUN
+
+
+def test_a_running_job_with_a_live_lease_is_left_alone() -> None:
+    live = job(S.RUNNING, 1, lease_expires_at=NOW + timedelta(seconds=5), lease_owner="w1")
+    assert claim(live, NOW) is Claim.SKIP
+
+
+def test_a_running_job_is_taken_back_when_its_lease_expired_or_the_broker_redelivers() -> None:
+    expired = job(S.RUNNING, 1, lease_expires_at=NOW - timedelta(seconds=1), lease_owner="w1")
+    live = job(S.RUNNING, 1, lease_expires_at=NOW + timedelta(seconds=5), lease_owner="w1")
+    released = job(S.RUNNING, 1, lease_expires_at=NOW + timedelta(seconds=5), lease_owner=None)
+    assert claim(expired, NOW) is Claim.RUN
+    assert claim(live, NOW, redelivered=True) is Claim.RUN
+    assert claim(released, NOW) is Claim.RUN
+
+
+def test_a_job_whose_last_attempt_killed_its_worker_is_exhausted_not_looped() -> None:
+    dead = job(S.RUNNING, 3, lease_expires_at=NOW - timedelta(seconds=1), lease_owner="w1")
+    assert claim(dead, NOW) is Claim.EXHAUSTED
+
+
+def test_success_is_processed_and_notifies() -> None:
+    t = after_attempt(job(S.RUNNING, 1), AttemptResult("processed", {"ok": 1}), POLICY, NOW)
+    assert t.status is S.PROCESSED and t.event == "processed" and not t.dead_letter
+
+
+def test_a_retryable_error_waits_the_policy_delay() -> None:
+    t = after_attempt(job(S.RUNNING, 2), AttemptResult("error", retryable=True), POLICY, NOW)
+    assert t.status is S.RETRYING
+    assert t.next_attempt_at == NOW + timedelta(seconds=4.0)
+    assert t.event is None, "no email on an intermediate retry"
+
+
+def test_the_last_attempt_fails_and_dead_letters() -> None:
+    t = after_attempt(job(S.RUNNING, 3), AttemptResult("error", retryable=True), POLICY, NOW)
+    assert t.status is S.FAILED and t.event == "failed" and t.dead_letter
+
+
+@pytest.mark.parametrize("outcome", ["rejected", "invalid"])
+def test_reject_fails_at_once(outcome: str) -> None:
+    t = after_attempt(job(S.RUNNING, 1), AttemptResult(outcome), POLICY, NOW)
+    assert t.status is S.FAILED
+
+
+def test_an_error_outside_the_policy_fails_at_once() -> None:
+    t = after_attempt(job(S.RUNNING, 1), AttemptResult("error", retryable=False), POLICY, NOW)
+    assert t.status is S.FAILED
+
+
+@pytest.mark.parametrize(("old", "new"), [(S.PROCESSED, S.PENDING), (S.PENDING, S.PROCESSED),
+                                          (S.FAILED, S.RUNNING), (S.RETRYING, S.PROCESSED)])
+def test_moves_the_lifecycle_does_not_allow_are_refused(old: S, new: S) -> None:
+    with pytest.raises(InvalidTransition):
+        check(old, new)

@@ -1,0 +1,74 @@
+"""Storage: paths Chute chooses, names cleaned for display, limits enforced while streaming."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from chute.errors import UploadTooLarge
+from chute.storage import Storage, clean_filename
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("report.csv", "report.csv"),
+    ("../../etc/passwd", "passwd"),
+    ("..\\..\\windows\\win.ini", "win.ini"),
+    ("a\x00b.csv", "ab.csv"),
+    ("", "upload"),
+    ("..", "upload"),
+    ("/", "upload"),
+])
+def test_names_are_cleaned_for_display(raw: str, expected: str) -> None:
+    assert clean_filename(raw) == expected
+
+
+def test_a_name_cannot_carry_a_line_break_into_a_header() -> None:
+    cleaned = clean_filename("x.csv\r\nBcc: victim@example.com")
+    assert "\r" not in cleaned and "\n" not in cleaned
+
+
+def test_right_to_left_override_is_removed() -> None:
+    cleaned = clean_filename("invoice\u202egpj.exe")
+    assert "\u202e" not in cleaned
+    assert cleaned == "invoicegpj.exe"
+
+
+def test_a_very_long_name_is_shortened_keeping_its_extension() -> None:
+    cleaned = clean_filename("a" * 5000 + ".csv")
+    assert len(cleaned) <= 200
+    assert cleaned.endswith(".csv")
+
+
+def test_a_file_is_stored_by_job_id_with_its_hash_and_size(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    writer = storage.writer("0123abcd", limit=1 << 20)
+    data = os.urandom(300_000)
+    for i in range(0, len(data), 65536):
+        writer.write(data[i:i + 65536])
+    stored = writer.finish()
+    assert stored.path == tmp_path / "01" / "0123abcd" / "original"
+    assert stored.path.read_bytes() == data
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert stored.size == len(data)
+    assert stored.head == data[:8192]
+    assert not stat.S_IMODE(stored.path.stat().st_mode) & 0o222, "handlers get a read-only file"
+
+
+def test_crossing_the_limit_stops_the_write_and_leaves_nothing(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    writer = storage.writer("0123abcd", limit=100_000)
+    writer.write(b"x" * 60_000)
+    with pytest.raises(UploadTooLarge):
+        writer.write(b"x" * 60_000)
+    assert list(tmp_path.rglob("*")) == [tmp_path / "01"]
+
+
+def test_artifact_names_cannot_escape_the_job_folder(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    key = storage.key_for("0123abcd")
+    (tmp_path / "secret").write_text("no")
+    assert storage.artifact(key, "../../secret") is None
+    assert storage.artifact(key, "..") is None
