@@ -53,6 +53,10 @@ class Broker:
         for queue in (self.work_queue, self.dead_queue):
             queue.bind(channel).declare()
 
+    def queued_job_ids(self) -> set[str] | None:
+        """Embedded transport only: the jobs that have a message; None where the broker cannot say."""
+        return embedded.queued_job_ids(self.embedded_root.resolve()) if self.embedded_root else None
+
     def recover_orphans(self) -> int:
         """Embedded transport only: hand back messages held by dead processes."""
         return embedded.recover_orphans(self.embedded_root.resolve()) if self.embedded_root else 0
@@ -90,26 +94,26 @@ class Publisher:
 
     def publish(self, bodies: Sequence[bytes], queue: str | None = None,
                 headers: dict[str, Any] | None = None) -> None:
-        if not bodies:
+        self._deliver([(body, queue or self.broker.work, dict(headers or {})) for body in bodies])
+
+    def publish_jobs(self, job_ids: Iterable[str]) -> None:
+        self._deliver([(job_message(j), self.broker.work, {"x-chute-job": j}) for j in job_ids])
+
+    def _deliver(self, items: list[tuple[bytes, str, dict[str, Any]]]) -> None:
+        if not items:
             return
         with self._lock:
             try:
-                self._publish(bodies, queue or self.broker.work, headers or {})
+                channel = self._ensure()
+                for body, queue, headers in items:
+                    message = channel.prepare_message(body, 2, "application/json", "utf-8", headers, {})
+                    channel.basic_publish(message, exchange="", routing_key=queue)
+                    self._sent += 1
+                if self.broker.is_amqp:
+                    self._wait_confirms(channel)
             except Exception as exc:
                 self._reset()
                 raise BrokerUnavailable(f"{self.broker.safe_url}: {type(exc).__name__}: {exc}") from exc
-
-    def publish_jobs(self, job_ids: Iterable[str]) -> None:
-        self.publish([job_message(j) for j in job_ids])
-
-    def _publish(self, bodies: Sequence[bytes], queue: str, headers: dict[str, Any]) -> None:
-        channel = self._ensure()
-        for body in bodies:
-            message = channel.prepare_message(body, 2, "application/json", "utf-8", headers, {})
-            channel.basic_publish(message, exchange="", routing_key=queue)
-            self._sent += 1
-        if self.broker.is_amqp:
-            self._wait_confirms(channel)
 
     def _ensure(self) -> Any:
         if self._channel is None:

@@ -3,12 +3,16 @@
 Stock kombu deletes a message file when it is fetched, so a worker that dies before acking loses it.
 Here a fetch renames the file into ``inflight/<pid>/`` (atomic, so two processes never get the same
 one), an ack deletes it, and the files of a process that is no longer alive go back to the queue,
-marked redelivered. Writes are fsynced and renamed into place, so a half-written message is never read."""
+marked redelivered. Writes are renamed into place, so a half-written message is never read.
+
+Message files are not fsynced: the database is the record, and ``queued_job_ids`` lets a worker
+find (and re-send) a job whose message a power cut took, instead of paying an fsync per message."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -19,6 +23,7 @@ from typing import Any
 from kombu.transport import filesystem
 
 INFLIGHT = "inflight"
+log = logging.getLogger("chute.embedded")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -43,14 +48,11 @@ class Channel(filesystem.Channel):
         return self.root / INFLIGHT / str(os.getpid())
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        name = f"{time.time_ns():020d}_{uuid.uuid4().hex}.{queue}.msg"
+        job = str((payload.get("headers") or {}).get("x-chute-job", "-"))
+        name = f"{time.time_ns():020d}_{uuid.uuid4().hex[:12]}_{job}.{queue}.msg"
         tmp = self.root / "tmp" / name
-        with open(tmp, "wb") as f:
-            f.write(json.dumps(payload).encode())
-            f.flush()
-            os.fsync(f.fileno())
+        tmp.write_bytes(json.dumps(payload).encode())
         os.rename(tmp, self.queue_dir / name)
-        _fsync_dir(self.queue_dir)
 
     def _get(self, queue: str, timeout: Any = None) -> Any:
         suffix = f".{queue}.msg"
@@ -60,7 +62,12 @@ class Channel(filesystem.Channel):
                 os.rename(self.queue_dir / name, held)
             except FileNotFoundError:
                 continue  # another consumer took it first
-            payload = json.loads(held.read_bytes())
+            try:
+                payload = json.loads(held.read_bytes())
+            except ValueError:
+                log.warning("dropped a damaged message file %s (the job is re-sent from the database)", name)
+                held.unlink(missing_ok=True)
+                continue
             payload["properties"]["chute_inflight"] = str(held)
             return payload
         raise Empty()
@@ -139,3 +146,14 @@ def recover_orphans(root: Path) -> int:
         with contextlib.suppress(OSError):
             owner.rmdir()  # a process of that pid may have started since and made files
     return restored
+
+
+def queued_job_ids(root: Path) -> set[str]:
+    """Job ids that have a message waiting or held, read from the file names (no file is opened)."""
+    names = [n for n in os.listdir(root / "queue")]
+    inflight = root / INFLIGHT
+    if inflight.is_dir():
+        for owner in inflight.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                names += os.listdir(owner)
+    return {n.split(".", 1)[0].split("_", 2)[2] for n in names if n.count("_") >= 2}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy import Select, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from chute import lifecycle
@@ -26,6 +26,7 @@ from chute.runner import AttemptResult
 
 log = logging.getLogger("chute.jobs")
 S = JobStatus
+JOBS: Table = Job.__table__  # type: ignore[assignment]
 #: a job to publish and the ``dispatch_at`` it was due at (the token that marks it sent)
 Due = tuple[str, datetime]
 #: called inside the transaction that moves a job to a terminal state: (session, job, event)
@@ -86,9 +87,10 @@ class JobStore:
 
     # --- the API side -------------------------------------------------------------------------
     def insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        """One transaction for many uploads (a Core executemany: the ORM's bookkeeping is not needed)."""
         if rows:
             with self.db.write() as session:
-                session.add_all(Job(**row) for row in rows)
+                session.connection().execute(insert(JOBS), list(rows))
 
     def get(self, job_id: str) -> Job:
         with self.db.read() as session:
@@ -123,10 +125,10 @@ class JobStore:
         """The broker has these messages: the relay need not send them again. A row whose
         ``dispatch_at`` has moved on since (a retry scheduled meanwhile) keeps its new one."""
         if due:
+            statement = (update(JOBS).where(JOBS.c.id == bindparam("job_id"), JOBS.c.dispatch_at == bindparam("due_at"))
+                         .values(dispatch_at=None))
             with self.db.write() as session:
-                for job_id, dispatch_at in due:
-                    session.execute(update(Job).where(Job.id == job_id, Job.dispatch_at == dispatch_at)
-                                    .values(dispatch_at=None))
+                session.connection().execute(statement, [{"job_id": j, "due_at": d} for j, d in due])
 
     def retry_failed(self, job_id: str, policy_attempts: int | None = None) -> Job:
         """An operator re-runs a failed job: attempts start again from zero."""
@@ -266,6 +268,22 @@ class JobStore:
             rows = session.execute(select(Job.id, Job.dispatch_at).where(Job.dispatch_at <= now)
                                    .order_by(Job.dispatch_at).limit(limit))
             return [(job_id, dispatch_at) for job_id, dispatch_at in rows if dispatch_at is not None]
+
+    def resend_stranded(self, queued: Callable[[], set[str]]) -> list[str]:
+        """Queued jobs whose message is gone (the embedded broker after a power cut) are sent again.
+
+        ``queued`` lists the jobs the broker holds; it is called after the database is read, so a
+        message published in between is seen, and the guarded update skips any job that moved on."""
+        waiting = [S.PENDING, S.RETRYING]
+        with self.db.read() as session:
+            candidates = set(session.scalars(select(Job.id).where(Job.status.in_(waiting), Job.dispatch_at.is_(None))))
+        lost = sorted(candidates - queued())
+        if lost:
+            with self.db.write() as session:
+                session.execute(update(Job).where(Job.id.in_(lost), Job.status.in_(waiting), Job.dispatch_at.is_(None))
+                                .values(dispatch_at=utcnow()))
+            log.warning(_logfmt(event="resend", jobs=len(lost), note="their messages were missing from the broker"))
+        return lost
 
     # --- helpers ------------------------------------------------------------------------------
     def _emit(self, session: Session, job: Job, event: str) -> None:

@@ -123,6 +123,9 @@ class Registry:
                 ext_claims[ext] = spec
         self._claims = sorted(claims.items(), key=lambda item: -specificity(item[0]))
         self.extensions = ext_claims
+        #: an extension → the concrete type its handler declares first (``.csv`` → ``text/csv``)
+        self.extension_types = {ext: next((t for t in spec.types if "*" not in t), "")
+                                for ext, spec in ext_claims.items()}
 
     def __len__(self) -> int:
         return len(self.by_name)

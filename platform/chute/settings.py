@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     queue_prefix: str = Field(default="chute", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     lease_seconds: float = Field(default=30.0, gt=0)
     relay_interval: float = Field(default=0.5, gt=0)
-    publish_grace: float = Field(default=5.0, ge=0)
+    #: how long the relay leaves a fresh upload to the API's own publish before sending it itself
+    publish_grace: float = Field(default=5.0, ge=2.0)
     log_level: str = "INFO"
 
     @field_validator("notify_default", "api_keys", mode="before")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -11,6 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from chute.batching import GroupCommit
 from chute.errors import UploadTooLarge
 
 HEAD_BYTES = 8192
@@ -47,13 +49,28 @@ class StoredFile:
     head: bytes
 
 
+class DirSync:
+    """fsyncs of a directory, grouped: uploads landing in one shard at once share a single fsync."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dirs: dict[Path, GroupCommit[None]] = {}
+
+    def sync(self, path: Path) -> None:
+        with self._lock:
+            group = self._dirs.get(path)
+            if group is None:
+                group = self._dirs[path] = GroupCommit(functools.partial(_fsync_for, path))
+        group.submit(None)
+
+
 class FileWriter:
     """Receives chunks; refuses to grow past the limit; removes itself unless finished."""
 
-    def __init__(self, path: Path, key: str, limit: int) -> None:
+    def __init__(self, path: Path, key: str, limit: int, dirsync: DirSync, new_dir: bool) -> None:
         self.path, self.key, self.limit = path, key, limit
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o640)
+        self._dirsync, self._new_dir = dirsync, new_dir
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o440)
         self._hash = hashlib.sha256()
         self._head = bytearray()
         self.size = 0
@@ -79,16 +96,21 @@ class FileWriter:
             self._flusher = threading.Thread(target=os.fdatasync, args=(self._fd,), daemon=True)
             self._flusher.start()
 
+    @property
+    def head(self) -> bytes:
+        """The first bytes, for type sniffing before the file is finished."""
+        return bytes(self._head)
+
     def finish(self) -> StoredFile:
         """Make the bytes and the directory entry durable; blocking, so call it off the event loop."""
         if self._flusher is not None:
             self._flusher.join()
         os.fsync(self._fd)
         os.close(self._fd)
-        os.chmod(self.path, 0o440)  # handlers get a read-only view
-        _fsync_dir(self.path.parent)
-        _fsync_dir(self.path.parent.parent)
         self._done = True
+        self._dirsync.sync(self.path.parent)
+        if self._new_dir:
+            self._dirsync.sync(self.path.parent.parent)
         return StoredFile(self.key, self.path, self.size, self._hash.hexdigest(), bytes(self._head))
 
     def abort(self) -> None:
@@ -98,10 +120,14 @@ class FileWriter:
         if self._flusher is not None:
             self._flusher.join()
         os.close(self._fd)
-        shutil.rmtree(self.path.parent, ignore_errors=True)
+        self.path.unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_for(path: Path, _items: list[None]) -> None:
+    fsync_dir(path)
+
+
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -110,24 +136,30 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Storage:
-    """A job's original is ``<root>/<id[:2]>/<id>/original``; its artifacts sit beside it."""
+    """A job's original is ``<root>/<id[:2]>/<id>`` (read-only); its artifacts are in ``<id>.artifacts/``
+    beside it. Paths come from the job id alone, never from the client's file name."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self._dirsync = DirSync()
 
     def key_for(self, job_id: str) -> str:
-        return f"{job_id[:2]}/{job_id}/original"
+        return f"{job_id[:2]}/{job_id}"
 
     def path(self, key: str) -> Path:
         return self.root / key
 
     def writer(self, job_id: str, limit: int) -> FileWriter:
         key = self.key_for(job_id)
-        return FileWriter(self.path(key), key, limit)
+        path = self.path(key)
+        new_dir = not path.parent.is_dir()
+        if new_dir:
+            path.parent.mkdir(exist_ok=True)
+        return FileWriter(path, key, limit, self._dirsync, new_dir)
 
     def artifacts_dir(self, key: str) -> Path:
-        return self.path(key).parent / "artifacts"
+        return self.path(key + ".artifacts")
 
     def artifact(self, key: str, name: str) -> Path | None:
         """The artifact called ``name``, or None; a name can never reach outside the job's folder."""
@@ -141,4 +173,5 @@ class Storage:
         return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
     def delete(self, key: str) -> None:
-        shutil.rmtree(self.path(key).parent, ignore_errors=True)
+        self.path(key).unlink(missing_ok=True)
+        shutil.rmtree(self.artifacts_dir(key), ignore_errors=True)

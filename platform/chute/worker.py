@@ -29,6 +29,7 @@ from chute.storage import Storage
 log = logging.getLogger("chute.worker")
 TICK = 0.01
 RECONNECT_MAX = 10.0
+RECONCILE_EVERY = 30.0
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Worker:
         self._last_heartbeat = time.monotonic()
         self._last_recover = 0.0
         self._executor_closed = False
+        self._last_reconcile = 0.0
 
     # --- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -97,6 +99,7 @@ class Worker:
             log.info("worker %s consuming %s on %s (concurrency %d)", self.id, self.broker.work_queue.name,
                      self.broker.safe_url, self.concurrency)
             self.broker.recover_orphans()
+            self._reconcile()
             while not self.stopping.is_set():
                 with contextlib.suppress(TimeoutError):
                     conn.drain_events(timeout=TICK)
@@ -138,6 +141,15 @@ class Worker:
         if self.broker.embedded_root is not None and now - self._last_recover > 2.0:
             self._last_recover = now
             self.broker.recover_orphans()
+            if now - self._last_reconcile > RECONCILE_EVERY:
+                self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Embedded broker: a job the database says is queued but has no message is sent again."""
+        self._last_reconcile = time.monotonic()
+        queued = self.broker.queued_job_ids
+        if self.broker.embedded_root is not None:
+            self.store.resend_stranded(lambda: queued() or set())
 
     def _adopt_redeliveries(self) -> None:
         """After a reconnect the broker resends what we were running; keep running it, ack the new copy."""

@@ -196,7 +196,7 @@ def test_hostile_names_are_stored_safely_and_cleaned(chute_app: ChuteApp, raw: b
     job = response.json()
     stored = files_on_disk(chute_app)
     assert [p.relative_to(chute_app.settings.files_dir).as_posix() for p in stored] == \
-        [f"{job['id'][:2]}/{job['id']}/original"]
+        [f"{job['id'][:2]}/{job['id']}"]
     if expected is not None:
         assert job["filename"] == expected
     assert len(job["filename"]) <= 200

@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import pytest_mock
 from chute.errors import UploadTooLarge
 from chute.storage import Storage, clean_filename
 
@@ -49,7 +50,7 @@ def test_a_file_is_stored_by_job_id_with_its_hash_and_size(tmp_path: Path) -> No
     for i in range(0, len(data), 65536):
         writer.write(data[i:i + 65536])
     stored = writer.finish()
-    assert stored.path == tmp_path / "01" / "0123abcd" / "original"
+    assert stored.path == tmp_path / "01" / "0123abcd"
     assert stored.path.read_bytes() == data
     assert stored.sha256 == hashlib.sha256(data).hexdigest()
     assert stored.size == len(data)
@@ -64,6 +65,29 @@ def test_crossing_the_limit_stops_the_write_and_leaves_nothing(tmp_path: Path) -
     with pytest.raises(UploadTooLarge):
         writer.write(b"x" * 60_000)
     assert list(tmp_path.rglob("*")) == [tmp_path / "01"]
+
+
+def test_concurrent_directory_syncs_share_fsyncs_and_all_return(tmp_path: Path,
+                                                                mocker: pytest_mock.MockerFixture) -> None:
+    import threading
+
+    from chute import storage as storage_module
+
+    calls = mocker.spy(storage_module, "fsync_dir")
+    dirsync = storage_module.DirSync()
+    barrier = threading.Barrier(20)
+
+    def one() -> None:
+        barrier.wait()
+        dirsync.sync(tmp_path)
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert 1 <= calls.call_count <= 20
 
 
 def test_artifact_names_cannot_escape_the_job_folder(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from chute import __version__
 from chute.api import handlers, health, jobs, uploads
-from chute.api.ingest import GroupCommitter
+from chute.api.ingest import Ingest
 from chute.runtime import Runtime
 
 
@@ -18,13 +18,11 @@ def create_app(rt: Runtime, *, outbox: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.committer = GroupCommitter(rt.store)
         if outbox:
             rt.outbox.start()
         try:
             yield
         finally:
-            app.state.committer.close()
             if outbox:
                 rt.outbox.stop()
 
@@ -32,6 +30,7 @@ def create_app(rt: Runtime, *, outbox: bool = True) -> FastAPI:
                   description="Upload a file; the handler for its type runs on a worker; "
                               "watch the job, get an email when it is done.")
     app.state.runtime = rt
+    app.state.ingest = Ingest(rt.store, rt.settings.publish_grace)
     for module in (uploads, jobs, handlers, health):
         app.include_router(module.router)
     return app

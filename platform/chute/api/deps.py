@@ -1,4 +1,4 @@
-"""Shared request dependencies: the runtime and the API-key check."""
+"""Shared request dependencies: the runtime and the API-key check (async: no thread hop per request)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from fastapi import HTTPException, Request
 from chute.runtime import Runtime
 
 
-def runtime(request: Request) -> Runtime:
+async def runtime(request: Request) -> Runtime:
     rt: Runtime = request.app.state.runtime
     return rt
 
 
-def require_key(request: Request) -> None:
+async def require_key(request: Request) -> None:
     """With CHUTE_API_KEYS set, every API call needs ``Authorization: Bearer KEY``."""
     keys: list[str] = request.app.state.runtime.settings.api_keys
     if not keys:

@@ -3,10 +3,7 @@ place (one write, no temp-file spool), hashed on the way, refused the moment it 
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import queue
-import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -16,12 +13,13 @@ from email_validator import EmailNotValidError, validate_email
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from chute.batching import GroupCommit
 from chute.errors import InvalidUploadField, MalformedUpload, MissingFile, UnsupportedType, UploadTooLarge
 from chute.jobs import JobStore
 from chute.models import Job, JobStatus, utcnow
 from chute.registry import HandlerSpec, Registry
 from chute.sniff import detect
-from chute.storage import FileWriter, Storage, StoredFile, clean_filename
+from chute.storage import FileWriter, Storage, clean_filename
 
 log = logging.getLogger("chute.api")
 FIELD_LIMIT = 64 * 1024
@@ -31,10 +29,16 @@ FRAMING_SLACK = 1024 * 1024
 
 @dataclass
 class Parsed:
-    stored: StoredFile
+    """The body, parsed: the file is written but not yet durable (``persist`` makes it so)."""
+
+    writer: FileWriter
     filename: str
     declared: str | None
     fields: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def head(self) -> bytes:
+        return self.writer.head
 
 
 class _Parts:
@@ -120,7 +124,10 @@ def boundary_of(content_type: str | None) -> bytes:
 
 async def receive(stream: AsyncIterator[bytes], content_type: str | None, content_length: str | None,
                   storage: Storage, job_id: str, limit: int) -> Parsed:
-    """Parse the body into storage; on any failure nothing is left on disk."""
+    """Parse the body into storage; on any failure nothing is left on disk.
+
+    The file is written but not fsynced yet: ``Ingest.persist`` does that with the database insert,
+    in one trip to a thread, once the upload is known to be acceptable."""
     boundary = boundary_of(content_type)
     if content_length and content_length.isdigit() and int(content_length) > limit + FRAMING_SLACK:
         raise UploadTooLarge(f"the body ({content_length} bytes) is larger than the limit of {limit} bytes")
@@ -135,7 +142,6 @@ async def receive(stream: AsyncIterator[bytes], content_type: str | None, conten
             raise MalformedUpload("the multipart body ends before its closing boundary")
         if parts.writer is None:
             raise MissingFile()
-        stored = await asyncio.to_thread(parts.writer.finish)
     except MultipartParseError as exc:
         if parts.writer is not None:
             parts.writer.abort()
@@ -144,7 +150,7 @@ async def receive(stream: AsyncIterator[bytes], content_type: str | None, conten
         if parts.writer is not None:
             parts.writer.abort()
         raise
-    return Parsed(stored, parts.filename, parts.declared, parts.fields)
+    return Parsed(parts.writer, parts.filename, parts.declared, parts.fields)
 
 
 def notify_list(values: Sequence[str]) -> list[str]:
@@ -164,8 +170,7 @@ def notify_list(values: Sequence[str]) -> list[str]:
 
 def choose_handler(registry: Registry, parsed: Parsed) -> tuple[HandlerSpec, dict[str, Any], str]:
     """The handler and the type evidence; a forced ``handler`` field wins over routing."""
-    claimed = {ext: next((t for t in spec.types if "*" not in t), "") for ext, spec in registry.extensions.items()}
-    detected = detect(parsed.stored.head, parsed.filename, parsed.declared, claimed)
+    detected = detect(parsed.head, parsed.filename, parsed.declared, registry.extension_types)
     forced = [v.strip() for v in parsed.fields.get("handler", []) if v.strip()]
     if forced:
         spec = registry.get(forced[0])
@@ -180,71 +185,28 @@ def choose_handler(registry: Registry, parsed: Parsed) -> tuple[HandlerSpec, dic
 
 
 def job_row(job_id: str, parsed: Parsed, spec: HandlerSpec, type_info: dict[str, Any], mime: str,
-            notify: list[str], grace: float) -> dict[str, Any]:
-    now = utcnow()
+            notify: list[str]) -> dict[str, Any]:
+    """The row, but for what ``persist`` adds once the file is durable (size, hash, times)."""
     return {
         "id": job_id, "status": JobStatus.PENDING, "filename": clean_filename(parsed.filename),
-        "content_type": mime, "type_info": type_info, "size": parsed.stored.size,
-        "sha256": parsed.stored.sha256, "storage_key": parsed.stored.key, "handler": spec.name,
-        "attempts": 0, "max_attempts": spec.retry.attempts, "notify": notify, "created_at": now,
-        "updated_at": now, "dispatch_at": now + timedelta(seconds=grace),
+        "content_type": mime, "type_info": type_info, "storage_key": parsed.writer.key, "handler": spec.name,
+        "attempts": 0, "max_attempts": spec.retry.attempts, "notify": notify,
     }
 
 
-class GroupCommitter:
-    """One thread inserts job rows for every request waiting at that moment, in one transaction:
-    under load many uploads share one commit (and one fsync), and requests never fight for the lock."""
+class Ingest:
+    """Makes an accepted upload durable: the file fsynced, its directory entry fsynced, the job row
+    committed, all in one trip to a worker thread. Concurrent uploads share the directory fsync and
+    the database commit (group commit), so the disk sees one flush for many requests."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
-        self._queue: queue.SimpleQueue[tuple[dict[str, Any], asyncio.Future[Job], asyncio.AbstractEventLoop]
-                                       | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="chute-commit", daemon=True)
-        self._thread.start()
+    def __init__(self, store: JobStore, grace: float) -> None:
+        self.grace = grace
+        self._rows: GroupCommit[dict[str, Any]] = GroupCommit(store.insert)
 
-    async def insert(self, row: dict[str, Any]) -> Job:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Job] = loop.create_future()
-        self._queue.put((row, future, loop))
-        return await future
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            try:
-                while len(batch) < 256:
-                    item = self._queue.get_nowait()
-                    if item is None:
-                        self._queue.put(None)
-                        break
-                    batch.append(item)
-            except queue.Empty:
-                pass
-            try:
-                self.store.insert([row for row, _, _ in batch])
-                error: BaseException | None = None
-            except Exception as exc:
-                log.exception("could not record %d upload(s)", len(batch))
-                error = exc
-            for row, future, loop in batch:
-                if error is None:
-                    loop.call_soon_threadsafe(_resolve, future, Job(**row))
-                else:
-                    loop.call_soon_threadsafe(_fail, future, error)
-
-
-def _resolve(future: asyncio.Future[Job], job: Job) -> None:
-    if not future.done():
-        future.set_result(job)
-
-
-def _fail(future: asyncio.Future[Job], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
+    def persist(self, writer: FileWriter, row: dict[str, Any]) -> Job:
+        stored = writer.finish()
+        now = utcnow()
+        row.update(size=stored.size, sha256=stored.sha256, created_at=now, updated_at=now,
+                   dispatch_at=now + timedelta(seconds=self.grace))
+        self._rows.submit(row)
+        return Job(**row)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from chute.api.deps import require_key, runtime
+from chute.api.deps import require_key
 from chute.api.ingest import choose_handler, job_row, notify_list, receive
 from chute.api.schemas import JobOut
 from chute.errors import InvalidUploadField, UnsupportedType, UploadError
@@ -17,7 +18,7 @@ from chute.jobs import new_job_id
 from chute.runtime import Runtime
 
 log = logging.getLogger("chute.api")
-router = APIRouter(dependencies=[Depends(require_key)])
+router = APIRouter()
 
 UPLOAD_FORM = {
     "requestBody": {
@@ -40,7 +41,10 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def upload(request: Request, rt: Runtime = Depends(runtime)) -> JSONResponse:
+async def upload(request: Request) -> Response:
+    """The hot path: no per-request dependencies or thread hops beyond the one that makes it durable."""
+    rt: Runtime = request.app.state.runtime
+    await require_key(request)
     job_id = new_job_id()
     limit = rt.settings.max_upload_bytes
     try:
@@ -56,24 +60,26 @@ async def upload(request: Request, rt: Runtime = Depends(runtime)) -> JSONRespon
         notify = notify_list(parsed.fields.get("notify", []))
         spec, type_info, mime = choose_handler(rt.registry, parsed)
     except InvalidUploadField as exc:
-        rt.storage.delete(parsed.stored.key)
+        parsed.writer.abort()
         return _invalid(exc)
     except UnsupportedType as exc:
-        rt.storage.delete(parsed.stored.key)
+        parsed.writer.abort()
         return JSONResponse({"detail": f"{exc}; accepted types: {', '.join(exc.accepted)}",
                              "accepted": exc.accepted}, 415)
-    row = job_row(job_id, parsed, spec, type_info, mime, notify, rt.settings.publish_grace)
+    row = job_row(job_id, parsed, spec, type_info, mime, notify)
     try:
-        job = await request.app.state.committer.insert(row)
+        job = await asyncio.to_thread(request.app.state.ingest.persist, parsed.writer, row)
     except Exception:
-        rt.storage.delete(parsed.stored.key)
+        log.exception("could not record upload %s", job_id)
+        parsed.writer.abort()
+        rt.storage.delete(parsed.writer.key)
         return JSONResponse({"detail": "the upload could not be recorded; try again"}, 503)
-    rt.outbox.send([(job.id, row["dispatch_at"])])
+    rt.outbox.send([(job.id, row["dispatch_at"])])  # published right after commit
     log.info("event=accepted job=%s handler=%s status=pending size=%d type=%s", job.id, spec.name,
              job.size, mime)
     base = rt.settings.public_url
-    body = JobOut.of(job, base).model_dump(mode="json")
-    return JSONResponse(body, 202, headers={"Location": f"{base}/jobs/{job.id}"})
+    return Response(JobOut.of(job, base).model_dump_json(), 202, media_type="application/json",
+                    headers={"Location": f"{base}/jobs/{job.id}"})
 
 
 def _invalid(exc: InvalidUploadField) -> JSONResponse:
