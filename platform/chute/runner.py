@@ -4,6 +4,7 @@ and in ``chute.testing.run_handler``. Whatever happens comes back as data, never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import threading
@@ -127,12 +128,25 @@ def invoke(spec: HandlerSpec, upload: Upload, ctx: Context, timeout: float, thre
 
 
 # The child-process side: each child loads the handlers once and keeps them.
+def _die_with_parent() -> None:
+    """Linux: a child whose worker is killed (SIGKILL included) is killed too, not left running."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+
 _registry: Registry | None = None
 
 
 def init_child(handlers_path: str) -> None:
     import logging
 
+    _die_with_parent()
     global _registry
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     _registry = load_handlers(Path(handlers_path))

@@ -83,7 +83,10 @@ class Worker:
                 delay = min(delay * 2, RECONNECT_MAX)
         self._shutdown()
 
-    def stop(self) -> None:
+    def stop(self, now: bool = False) -> None:
+        """Finish in-flight attempts within ``shutdown_grace``; ``now`` hands them back at once."""
+        if now:
+            self.shutdown_grace = 0.0
         self.stopping.set()
 
     def _consume(self) -> None:
@@ -214,8 +217,8 @@ class Worker:
         for _, message in self._inbox:
             message.requeue()
         self._inbox.clear()
-        deadline = time.monotonic() + self.shutdown_grace
-        while self._inflight and time.monotonic() < deadline:
+        started = time.monotonic()
+        while self._inflight and time.monotonic() < started + self.shutdown_grace:  # stop(now=True) cuts it short
             finished = self._results.take_all(block_for=0.05)
             if finished:
                 self._record(finished)
