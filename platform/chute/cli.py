@@ -174,12 +174,12 @@ def jobs(status: Annotated[str | None, typer.Option(help="pending, running, retr
          handler: str | None = None, limit: int = 20, url: Url = DEFAULT_URL) -> None:
     """The newest jobs."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     params = {k: v for k, v in {"status": status, "handler": handler, "limit": limit}.items() if v}
     with _client(url) as client:
         page = _check(client.get("/jobs", params=params))
-    table = Table("id", "status", "handler", "file", "attempts", "created")
+    table = Table(Column("id", no_wrap=True, min_width=32), "status", "handler", "file", "attempts", "created")
     for job in page["items"]:
         table.add_row(job["id"], job["status"], job["handler"], job["filename"],
                       f"{job['attempts']}/{job['max_attempts']}", job["created_at"][:19])
