@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from chute import lifecycle
@@ -252,6 +252,17 @@ class JobStore:
                 session.execute(update(Job).where(Job.id.in_(job_ids), Job.lease_owner == worker,
                                                   Job.status == S.RUNNING)
                                 .values(lease_expires_at=utcnow() + timedelta(seconds=lease)))
+
+    def counts(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
+        """(handler, status, jobs) and (handler, outcome, attempts): what /metrics reports."""
+        with self.db.read() as session:
+            jobs = session.execute(select(Job.handler, Job.status, func.count()).group_by(Job.handler, Job.status))
+            by_status = [(h, s.value, n) for h, s, n in jobs]
+            attempts = session.execute(select(Job.handler, Attempt.outcome, func.count())
+                                       .join(Job, Job.id == Attempt.job_id)
+                                       .where(Attempt.outcome.is_not(None))
+                                       .group_by(Job.handler, Attempt.outcome))
+            return by_status, [(h, o, n) for h, o, n in attempts if o is not None]
 
     # --- the relay side -----------------------------------------------------------------------
     def due(self, limit: int, lease: float) -> list[Due]:

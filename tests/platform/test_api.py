@@ -261,3 +261,20 @@ def test_api_keys_when_configured(tmp_path: Path) -> None:
         assert app.client.get("/healthz").status_code == 200
     finally:
         app.close()
+
+
+def test_metrics_count_jobs_attempts_and_uploads(chute_app: ChuteApp) -> None:
+    chute_app.upload(b"a,b\n1,2\n", "a.csv")
+    chute_app.upload(b"hello", "b.txt")
+    chute_app.client.post("/uploads", files={"file": ("blob.bin", bytes(range(256)))})
+    chute_app.drain()
+    response = chute_app.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'chute_jobs{handler="csv_stats",status="processed"} 1.0' in text
+    assert 'chute_jobs_finished_total{handler="text_stats",status="processed"} 1.0' in text
+    assert 'chute_attempts_total{handler="csv_stats",outcome="processed"} 1.0' in text
+    assert 'chute_uploads_total{code="202"} 2.0' in text
+    assert 'chute_uploads_total{code="415"} 1.0' in text
+    assert "chute_upload_bytes_total 13.0" in text

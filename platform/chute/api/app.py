@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from chute import __version__
-from chute.api import handlers, health, jobs, uploads
+from chute.api import handlers, health, jobs, metrics, uploads
 from chute.api.ingest import Ingest
 from chute.runtime import Runtime
 
@@ -31,6 +31,7 @@ def create_app(rt: Runtime, *, outbox: bool = True) -> FastAPI:
                               "watch the job, get an email when it is done.")
     app.state.runtime = rt
     app.state.ingest = Ingest(rt.store, rt.settings.publish_grace)
-    for module in (uploads, jobs, handlers, health):
+    app.state.metrics = metrics.Metrics(rt.store)
+    for module in (uploads, jobs, handlers, health, metrics):
         app.include_router(module.router)
     return app

@@ -43,6 +43,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 async def upload(request: Request) -> Response:
     """The hot path: no per-request dependencies or thread hops beyond the one that makes it durable."""
+    response = await _accept(request)
+    request.app.state.metrics.uploads.labels(str(response.status_code)).inc()
+    return response
+
+
+async def _accept(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     await require_key(request)
     job_id = new_job_id()
@@ -75,6 +81,7 @@ async def upload(request: Request) -> Response:
         rt.storage.delete(parsed.writer.key)
         return JSONResponse({"detail": "the upload could not be recorded; try again"}, 503)
     rt.outbox.send([(job.id, row["dispatch_at"])])  # published right after commit
+    request.app.state.metrics.upload_bytes.inc(job.size)
     log.info("event=accepted job=%s handler=%s status=pending size=%d type=%s", job.id, spec.name,
              job.size, mime)
     base = rt.settings.public_url
