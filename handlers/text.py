@@ -1,4 +1,4 @@
-"""Plain text: lines, words, characters and the encoding they were written in."""
+"""Plain text (and any other ``text/*`` without a handler of its own): lines, words, characters, encoding."""
 
 from __future__ import annotations
 
@@ -28,9 +28,11 @@ def detect_encoding(upload: Upload) -> str:
     return "utf-8"
 
 
-@handler("text/plain", extensions=[".txt"])
+@handler(["text/plain", "text/*"], extensions=[".txt"])
 def text_stats(upload: Upload, ctx: Context) -> dict[str, object]:
-    """Counts lines, words and characters, streaming, so a large file costs no memory."""
+    """Counts lines, words and characters, streaming, so a large file costs no memory.
+
+    Also the fallback for any text type no other handler claims (Markdown, TSV, ...)."""
     encoding = detect_encoding(upload)
     lines = words = chars = 0
     last = ""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from chute.registry import Registry, load_handlers
 from chute.testing import run_handler
 
 
@@ -30,3 +33,21 @@ def test_a_word_split_across_read_chunks_counts_once(tmp_path: Path) -> None:
     word = "x" * (3 * 1024 * 1024)  # longer than one read
     big.write_text(f"{word} end\n")
     assert run_handler("text_stats", big)["words"] == 2
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return load_handlers(Path(__file__).resolve().parents[2] / "handlers")
+
+
+@pytest.mark.parametrize("mime", ["text/markdown", "text/tab-separated-values", "text/x-rst"])
+def test_text_types_without_a_handler_of_their_own_fall_back_to_text_stats(registry: Registry, mime: str) -> None:
+    assert registry.route(mime).name == "text_stats"  # type: ignore[union-attr]
+
+
+def test_csv_still_goes_to_its_own_more_specific_handler(registry: Registry) -> None:
+    assert registry.route("text/csv").name == "csv_stats"  # type: ignore[union-attr]
+
+
+def test_a_markdown_file_is_counted_like_plain_text() -> None:
+    assert run_handler("text_stats", b"# Title\n\nSome *words* here.\n", "readme.md")["words"] == 5
