@@ -7,7 +7,7 @@ import inspect
 import re
 import sys
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -136,11 +136,21 @@ class Registry:
     def get(self, name: str) -> HandlerSpec | None:
         return self.by_name.get(name)
 
-    def route(self, mime: str) -> HandlerSpec | None:
-        """The most specific handler whose patterns match ``mime``."""
+    def route(self, mime: str, containers: Mapping[str, str] | None = None) -> HandlerSpec | None:
+        """The most specific handler whose patterns match ``mime``; a format with no handler of its own
+        (only a ``*/*`` catch-all) goes to its container's handler when there is one (``containers``)."""
+        found = self._match(mime, 0)
+        parent = (containers or {}).get(mime)
+        if parent and (found is None or found[0] == 0):
+            inherited = self._match(parent, 1)
+            if inherited is not None:
+                return inherited[1]
+        return found[1] if found else None
+
+    def _match(self, mime: str, least: int) -> tuple[int, HandlerSpec] | None:
         for pattern, spec in self._claims:
-            if matches(pattern, mime):
-                return spec
+            if specificity(pattern) >= least and matches(pattern, mime):
+                return specificity(pattern), spec
         return None
 
     def accepted(self) -> list[str]:

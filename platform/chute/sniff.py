@@ -6,6 +6,7 @@ so within text the extension, then the declared type, then the content's shape d
 from __future__ import annotations
 
 import codecs
+import json
 import mimetypes
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,8 +53,33 @@ def looks_like_text(head: bytes) -> bool:
 
 
 def _shape(head: bytes) -> str | None:
-    start = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
-    return "application/json" if start in (b"{", b"[") else None
+    """JSON by its first character; JSON Lines when the first line is a whole value and another follows."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text[:1] not in (b"{", b"["):
+        return None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) >= 2 and lines[1].lstrip()[:1] in (b"{", b"["):
+        try:
+            json.loads(lines[0])
+            return "application/jsonl"
+        except ValueError:
+            pass
+    return "application/json"
+
+
+#: formats built on another: with no handler of their own they go to their container's (a .docx is a ZIP)
+CONTAINERS = {
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "application/zip",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "application/zip",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation": "application/zip",
+    "application/vnd.oasis.opendocument.text": "application/zip",
+    "application/vnd.oasis.opendocument.spreadsheet": "application/zip",
+    "application/vnd.oasis.opendocument.presentation": "application/zip",
+    "application/epub+zip": "application/zip",
+    "application/java-archive": "application/zip",
+    "application/vnd.android.package-archive": "application/zip",
+    "image/apng": "image/png",
+}
 
 
 @dataclass(frozen=True)

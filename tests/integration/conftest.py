@@ -3,6 +3,7 @@ real child processes), `chute` subprocesses, and a TCP proxy the test can cut an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -49,9 +50,9 @@ class Chute:
         return worker
 
     def stop_workers(self) -> None:
-        for worker, thread in self._workers:
+        for worker, _ in self._workers:
             worker.stop()
-        for worker, thread in self._workers:
+        for _, thread in self._workers:
             thread.join(timeout=60)
             assert not thread.is_alive(), "a worker did not stop"
         self._workers.clear()
@@ -229,10 +230,8 @@ class TcpProxy:
                 self._listener = None
             for a, b in self._pairs:
                 for s in (a, b):
-                    try:
+                    with contextlib.suppress(OSError):
                         s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
                     s.close()
             self._pairs.clear()
 

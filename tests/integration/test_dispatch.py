@@ -3,6 +3,7 @@ and broker outages. Handlers that misbehave on purpose live in tests/integration
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from datetime import datetime
@@ -38,7 +39,7 @@ def test_the_wait_between_attempts_stays_within_the_policy(chute: Any, wait: Any
     policy = RetryPolicy(attempts=3, backoff=0.4, max_backoff=2.0)  # the flaky handler's
     job = chute.finished(chute.upload("data.flaky"), wait)
     attempts = chute.attempts(job["id"])
-    for number, (before, after) in enumerate(zip(attempts, attempts[1:], strict=False), start=1):
+    for number, (before, after) in enumerate(itertools.pairwise(attempts), start=1):
         low, high = policy.delay_bounds(number)
         gap = (ts(after["started_at"]) - ts(before["finished_at"])).total_seconds()
         # Never early. Late by at most one relay tick (0.1 s here) plus a claim: the scheduler's grain.

@@ -8,6 +8,7 @@ from pathlib import Path
 from textwrap import dedent
 
 import pytest
+
 from chute import handler, retry
 from chute.errors import HandlerConflict, HandlerImportError, RegistryError
 from chute.registry import Registry, load_handlers, spec_of
@@ -125,3 +126,15 @@ def test_async_handlers_are_recognised() -> None:
         return 1
 
     assert spec_of(slow).is_async
+
+
+def test_a_format_without_a_handler_goes_to_its_containers() -> None:
+    docx = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+    containers = {docx: "application/zip"}
+    zip_only = Registry([_spec("application/zip", "zip")])  # type: ignore[list-item]
+    assert zip_only.route(docx, containers).name == "zip"  # type: ignore[union-attr]
+    with_catch_all = Registry([_spec("application/zip", "zip"), _spec("*/*", "anything")])  # type: ignore[list-item]
+    assert with_catch_all.route(docx, containers).name == "zip"  # type: ignore[union-attr]
+    own = Registry([_spec("application/zip", "zip"), _spec(docx, "word")])  # type: ignore[list-item]
+    assert own.route(docx, containers).name == "word"  # type: ignore[union-attr]
+    assert Registry([]).route(docx, containers) is None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 
-from chute.sniff import detect
 from PIL import Image
+
+from chute.sniff import detect
 
 
 def png() -> bytes:
@@ -54,3 +55,10 @@ def test_a_text_extension_cannot_make_binary_text() -> None:
 
 def test_utf16_with_bom_is_text() -> None:
     assert detect("héllo".encode("utf-16"), "x.txt", None).mime == "text/plain"
+
+
+def test_json_lines_are_told_from_json_by_shape() -> None:
+    assert detect(b'{"a": 1}\n{"a": 2}\n', "data", None).mime == "application/jsonl"
+    assert detect(b'[1, 2]\n[3]\n', "data", None).mime == "application/jsonl"
+    assert detect(b'{\n  "a": 1\n}\n', "data", None).mime == "application/json"
+    assert detect(b'{"a": 1}\n', "data", None).mime == "application/json"

@@ -18,7 +18,7 @@ from chute.errors import InvalidUploadField, MalformedUpload, MissingFile, Unsup
 from chute.jobs import JobStore
 from chute.models import Job, JobStatus, utcnow
 from chute.registry import HandlerSpec, Registry
-from chute.sniff import detect
+from chute.sniff import CONTAINERS, detect
 from chute.storage import FileWriter, Storage, clean_filename
 
 log = logging.getLogger("chute.api")
@@ -178,7 +178,7 @@ def choose_handler(registry: Registry, parsed: Parsed) -> tuple[HandlerSpec, dic
             raise InvalidUploadField(f"no handler named {forced[0]!r}; "
                                      f"known: {', '.join(sorted(registry.by_name)) or 'none'}", "handler")
         return spec, detected.info(), detected.mime
-    spec = registry.route(detected.mime)
+    spec = registry.route(detected.mime, CONTAINERS)
     if spec is None:
         raise UnsupportedType(f"no handler for {detected.mime}", registry.accepted())
     return spec, detected.info(), detected.mime
