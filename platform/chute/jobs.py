@@ -8,7 +8,6 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -18,11 +17,14 @@ from sqlalchemy.orm import Session
 from chute import lifecycle
 from chute.db import Database
 from chute.errors import InvalidTransition, JobNotFound
-from chute.lifecycle import Claim, JobState, Transition
+from chute.lifecycle import Claim, JobState
 from chute.models import Attempt, Job, JobStatus, utcnow
 from chute.registry import Registry
-from chute.retry import DEFAULT_POLICY
-from chute.runner import AttemptResult
+from chute.transitions import Claimed as Claimed  # re-exported: the worker's vocabulary
+from chute.transitions import Delivery as Delivery
+from chute.transitions import Finished as Finished
+from chute.transitions import Recorded as Recorded
+from chute.transitions import take_turn
 
 log = logging.getLogger("chute.jobs")
 S = JobStatus
@@ -49,33 +51,6 @@ def _locked(db: Database, query: Select[Any]) -> Select[Any]:
 
 def _logfmt(**fields: Any) -> str:
     return " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    job_id: str
-    redelivered: bool = False
-
-
-@dataclass(frozen=True)
-class Claimed:
-    job_id: str
-    decision: Claim | None  # None: no such job
-    job: Job | None
-
-
-@dataclass(frozen=True)
-class Finished:
-    job_id: str
-    attempt: int
-    result: AttemptResult
-
-
-@dataclass(frozen=True)
-class Recorded:
-    job_id: str
-    transition: Transition | None  # None: stale (the job was taken back by another worker)
-    job: Job | None
 
 
 class JobStore:
@@ -150,72 +125,41 @@ class JobStore:
     # --- the worker side ----------------------------------------------------------------------
     def claim(self, deliveries: Sequence[Delivery], worker: str, lease: float) -> list[Claimed]:
         """Start an attempt for every delivery the lifecycle allows, in one transaction."""
-        now = utcnow()
-        ids = list({d.job_id for d in deliveries})
-        out: list[Claimed] = []
-        with self.db.write() as session:
-            rows = {j.id: j for j in session.scalars(_locked(self.db, select(Job).where(Job.id.in_(ids))))}
-            for delivery in deliveries:
-                job = rows.get(delivery.job_id)
-                if job is None:
-                    out.append(Claimed(delivery.job_id, None, None))
-                    continue
-                decision = lifecycle.claim(state(job), now, delivery.redelivered)
-                if decision is not Claim.SKIP and job.status is S.RUNNING:
-                    self._close_lost_attempt(session, job, now)
-                if decision is Claim.RUN:
-                    lifecycle.check(job.status, S.RUNNING)
-                    job.status = S.RUNNING
-                    job.attempts += 1
-                    job.lease_owner, job.lease_expires_at = worker, now + timedelta(seconds=lease)
-                    job.started_at = job.started_at or now
-                    job.updated_at = now
-                    job.next_attempt_at = job.dispatch_at = None
-                    session.add(Attempt(job_id=job.id, number=job.attempts, worker=worker, started_at=now))
-                elif decision is Claim.EXHAUSTED:
-                    self._finish(session, job, S.FAILED, now, error=lifecycle.lost_attempt_error(job.attempts))
-                    self._emit(session, job, "failed")
-                out.append(Claimed(delivery.job_id, decision, job))
-        for claimed in out:
-            if claimed.decision is Claim.RUN and claimed.job is not None:
-                job = claimed.job
-                log.info(_logfmt(event="start", job=job.id, handler=job.handler,
-                                 attempt=f"{job.attempts}/{job.max_attempts}", status="running", worker=worker))
-            elif claimed.decision is Claim.EXHAUSTED and claimed.job is not None:
-                log.warning(_logfmt(event="lost", job=claimed.job_id, handler=claimed.job.handler,
-                                    attempt=f"{claimed.job.attempts}/{claimed.job.max_attempts}", status="failed"))
-        return out
+        return self.step([], deliveries, worker, None, lease)[1]
 
     def record(self, finished: Sequence[Finished], worker: str, registry: Registry) -> list[Recorded]:
         """Store how each attempt ended and move its job on, in one transaction."""
-        now = utcnow()
-        out: list[Recorded] = []
-        with self.db.write() as session:
-            ids = [f.job_id for f in finished]
-            rows = {j.id: j for j in session.scalars(_locked(self.db, select(Job).where(Job.id.in_(ids))))}
-            for item in finished:
-                job = rows.get(item.job_id)
-                if (job is None or job.status is not S.RUNNING or job.lease_owner != worker
-                        or job.attempts != item.attempt):
-                    out.append(Recorded(item.job_id, None, job))
-                    continue
-                spec = registry.get(job.handler)
-                policy = spec.retry if spec else DEFAULT_POLICY
-                transition = lifecycle.after_attempt(state(job), item.result, policy, now)
-                lifecycle.check(job.status, transition.status)
-                self._close_attempt(session, job.id, item.attempt, now, item.result)
-                if transition.status is S.RETRYING:
-                    job.status, job.error = S.RETRYING, item.result.error
-                    job.next_attempt_at = job.dispatch_at = transition.next_attempt_at
-                    job.lease_owner = job.lease_expires_at = None
-                    job.updated_at = now
-                else:
-                    self._finish(session, job, transition.status, now, result=item.result.result,
-                                 error=item.result.error)
-                if transition.event:
-                    self._emit(session, job, transition.event)
-                out.append(Recorded(item.job_id, transition, job))
-        for item, rec in zip(finished, out, strict=True):
+        return self.step(finished, [], worker, registry, 0.0)[0]
+
+    def step(self, finished: Sequence[Finished], deliveries: Sequence[Delivery], worker: str,
+             registry: Registry | None, lease: float) -> tuple[list[Recorded], list[Claimed]]:
+        """Record finished attempts and claim new deliveries in one transaction: one commit per turn.
+
+        A claim is durable (fsynced): an attempt must never go uncounted. A transaction that only records
+        outcomes is not fsynced on SQLite: a power cut may roll it back, leaving the job ``running`` on
+        a lease that expires and runs it again, which at-least-once allows."""
+        if not finished and not deliveries:
+            return [], []
+        with self.db.write(durable=bool(deliveries)) as session:
+            recorded, claimed = take_turn(session, not self.db.is_sqlite, finished, deliveries, worker, registry,
+                                          lease, utcnow(), self.hooks)
+        self._log_records(finished, recorded)
+        self._log_claims(claimed, worker)
+        return recorded, claimed
+
+    def _log_claims(self, claimed: list[Claimed], worker: str) -> None:
+        for c in claimed:
+            if c.job is None:
+                continue
+            if c.decision is Claim.RUN:
+                log.info(_logfmt(event="start", job=c.job.id, handler=c.job.handler,
+                                 attempt=f"{c.job.attempts}/{c.job.max_attempts}", status="running", worker=worker))
+            elif c.decision is Claim.EXHAUSTED:
+                log.warning(_logfmt(event="lost", job=c.job_id, handler=c.job.handler,
+                                    attempt=f"{c.job.attempts}/{c.job.max_attempts}", status="failed"))
+
+    def _log_records(self, finished: Sequence[Finished], recorded: list[Recorded]) -> None:
+        for item, rec in zip(finished, recorded, strict=True):
             job, t = rec.job, rec.transition
             if t is None or job is None:
                 log.warning(_logfmt(event="stale", job=item.job_id, attempt=item.attempt,
@@ -227,7 +171,6 @@ class JobStore:
                              status=t.status.value, duration_ms=round(item.result.duration * 1000),
                              retry_in=f"{t.delay:.2f}s" if t.delay is not None else None,
                              error=error.get("type")))
-        return out
 
     def hand_back(self, items: Sequence[tuple[str, int]], worker: str) -> None:
         """Shutdown: attempts we could not finish go back to pending, not counted against the job."""
@@ -300,28 +243,6 @@ class JobStore:
     def _emit(self, session: Session, job: Job, event: str) -> None:
         for hook in self.hooks:
             hook(session, job, event)
-
-    def _finish(self, session: Session, job: Job, status: JobStatus, now: datetime, result: Any = None,
-                error: dict[str, Any] | None = None) -> None:
-        lifecycle.check(job.status, status)
-        job.status, job.result, job.error = status, result, error
-        job.finished_at = job.updated_at = now
-        job.next_attempt_at = job.dispatch_at = job.lease_owner = job.lease_expires_at = None
-
-    def _close_attempt(self, session: Session, job_id: str, number: int, now: datetime,
-                       result: AttemptResult) -> None:
-        error = result.error or {}
-        session.execute(update(Attempt).where(Attempt.job_id == job_id, Attempt.number == number,
-                                              Attempt.finished_at.is_(None))
-                        .values(finished_at=now, outcome=result.outcome, error_type=error.get("type"),
-                                error_message=(error.get("message") or "")[:4000] or None))
-
-    def _close_lost_attempt(self, session: Session, job: Job, now: datetime) -> None:
-        error = lifecycle.lost_attempt_error(job.attempts)
-        session.execute(update(Attempt).where(Attempt.job_id == job.id, Attempt.number == job.attempts,
-                                              Attempt.finished_at.is_(None))
-                        .values(finished_at=now, outcome="lost", error_type=error["type"],
-                                error_message=error["message"]))
 
 
 def encode_cursor(job: Job) -> str:

@@ -6,7 +6,6 @@ message is acknowledged only after its outcome is committed."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
@@ -27,7 +26,11 @@ from chute.runner import AttemptResult, Task
 from chute.storage import Storage
 
 log = logging.getLogger("chute.worker")
-TICK = 0.01
+TICK = 0.002
+BUSY_WAIT = 0.05
+NO_WAIT = 0.0001  # "only what is already here"; 0 would make py-amqp spin
+FAST_ATTEMPT = 0.05
+SLOW_PREFETCH, FAST_PREFETCH, FAST_LOOKAHEAD = 2, 32, 16  # times the concurrency
 RECONNECT_MAX = 10.0
 RECONCILE_EVERY = 30.0
 
@@ -42,11 +45,13 @@ class InFlight:
 class Worker:
     def __init__(self, store: JobStore, broker: Broker, registry: Registry, storage: Storage,
                  executor: Executor, *, concurrency: int, scratch: Path, lease: float = 30.0,
-                 prefetch: int | None = None, shutdown_grace: float = 30.0) -> None:
+                 shutdown_grace: float = 30.0) -> None:
         self.store, self.broker, self.registry, self.storage = store, broker, registry, storage
         self.executor = executor
         self.concurrency = concurrency
-        self.prefetch = prefetch or concurrency * 2
+        self.prefetch = SLOW_PREFETCH * concurrency
+        self._channel: Any = None
+        self._consumer: Any = None
         self.scratch = scratch
         self.lease = lease
         self.shutdown_grace = shutdown_grace
@@ -54,6 +59,9 @@ class Worker:
         self.stopping = threading.Event()
         self.ready = threading.Event()
         self._results = ResultQueue()
+        self._finished: list[tuple[Task, AttemptResult]] = []
+        self._typical = 1.0  # seconds an attempt takes, smoothed; start by assuming slow
+        self._channel_generation = 0
         self._inbox: list[tuple[Delivery, Any]] = []
         self._inflight: dict[str, InFlight] = {}
         self._generation = 0  # bumped on reconnect: older messages can no longer be acked
@@ -94,18 +102,19 @@ class Worker:
             conn.ensure_connection(max_retries=1, timeout=2)
             self.broker.declare(conn)
             channel = conn.channel()
+            self._channel, self._channel_generation = channel, self._generation
             channel.basic_qos(0, self.prefetch, False)
             consumer = Consumer(channel, [self.broker.work_queue], on_message=self._on_message,
                                 no_ack=False)
             consumer.consume()
+            self._consumer = consumer
             self.ready.set()
             log.info("worker %s consuming %s on %s (concurrency %d)", self.id, self.broker.work_queue.name,
                      self.broker.safe_url, self.concurrency)
             self.broker.recover_orphans()
             self._reconcile()
             while not self.stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=TICK)
+                self._pump(conn)
                 if self.broker.is_amqp:
                     conn.heartbeat_check()
                 self._service()
@@ -126,17 +135,36 @@ class Worker:
         self._inbox.append((Delivery(job_id, redelivered), message))
 
     # --- one pass -------------------------------------------------------------------------------
+    def _pump(self, conn: Any) -> None:
+        """Wait for whatever can move us on: a finished attempt when every slot is busy (returning the
+        moment one finishes), otherwise a message from the broker; then take every message already
+        here, so that one turn claims them all (one event per drain_events call)."""
+        timeout = TICK
+        if len(self._inflight) >= self.concurrency:
+            self._finished += self._results.take_all(block_for=BUSY_WAIT)
+            timeout = NO_WAIT
+        try:
+            conn.drain_events(timeout=timeout)
+            for _ in range(self.prefetch):
+                conn.drain_events(timeout=NO_WAIT)
+        except TimeoutError:
+            pass
+
     def _service(self, drain_only: bool = False) -> None:
-        finished = self._results.take_all()
-        if finished:
-            self._record(finished)
+        """Record what finished and claim what fits in the freed slots, in one transaction."""
+        finished, self._finished = self._finished + self._results.take_all(), []
+        batch: list[tuple[Delivery, Any]] = []
+        if not drain_only:
+            self._adopt_redeliveries()
+            free = self.concurrency + self._lookahead() - len(self._inflight) + len(finished)
+            batch, self._inbox = self._inbox[:max(free, 0)], self._inbox[max(free, 0):]
+        if finished or batch:
+            recorded, claimed = self.store.step([Finished(t.job_id, t.attempt, r) for t, r in finished],
+                                                [d for d, _ in batch], self.id, self.registry, self.lease)
+            self._after_record(finished, recorded)
+            self._after_claim(batch, claimed)
         if drain_only:
             return
-        self._adopt_redeliveries()
-        free = self.concurrency - len(self._inflight)
-        if self._inbox and free > 0:
-            batch, self._inbox = self._inbox[:free], self._inbox[free:]
-            self._claim(batch)
         now = time.monotonic()
         if now - self._last_heartbeat > self.lease / 3:
             self._last_heartbeat = now
@@ -154,6 +182,33 @@ class Worker:
         if self.broker.embedded_root is not None:
             self.store.resend_stranded(lambda: queued() or set())
 
+    @property
+    def fast(self) -> bool:
+        """Whether recent attempts were quick (a few milliseconds): then the cost is the bookkeeping."""
+        return self._typical < FAST_ATTEMPT
+
+    def _lookahead(self) -> int:
+        """How many jobs to claim beyond the free slots. With fast handlers, many: one turn (one commit)
+        then carries dozens of jobs. With slow ones, none: waiting work stays with the broker, where an
+        idle worker can take it."""
+        return FAST_LOOKAHEAD * self.concurrency if self.fast else 0
+
+    def _adapt_prefetch(self) -> None:
+        """Fast handlers get a deep prefetch (big turns); slow ones a shallow one (a fair share between
+        workers). Messages held beyond the shallow depth go back to the broker for other workers."""
+        wanted = (FAST_PREFETCH if self.fast else SLOW_PREFETCH) * self.concurrency
+        if wanted == self.prefetch or self._channel is None:
+            return
+        self.prefetch = wanted
+        self._channel.basic_qos(0, wanted, False)
+        # RabbitMQ applies a per-consumer prefetch to consumers started after it: subscribe again.
+        self._consumer.cancel()
+        self._consumer.consume()
+        if not self.fast and len(self._inbox) > wanted:
+            for _, message in self._inbox[wanted:]:
+                message.requeue()
+            self._inbox = self._inbox[:wanted]
+
     def _adopt_redeliveries(self) -> None:
         """After a reconnect the broker resends what we were running; keep running it, ack the new copy."""
         keep = []
@@ -165,8 +220,7 @@ class Worker:
                 keep.append((delivery, message))
         self._inbox = keep
 
-    def _claim(self, batch: list[tuple[Delivery, Any]]) -> None:
-        claimed = self.store.claim([d for d, _ in batch], self.id, self.lease)
+    def _after_claim(self, batch: list[tuple[Delivery, Any]], claimed: list[Claimed]) -> None:
         outcome: Claimed
         for (delivery, message), outcome in zip(batch, claimed, strict=True):
             if outcome.decision is Claim.RUN and outcome.job is not None:
@@ -182,9 +236,11 @@ class Worker:
             message.ack()
         self._log_skips(claimed)
 
-    def _record(self, finished: list[tuple[Task, AttemptResult]]) -> None:
-        recorded = self.store.record([Finished(t.job_id, t.attempt, r) for t, r in finished], self.id,
-                                     self.registry)
+    def _after_record(self, finished: list[tuple[Task, AttemptResult]], recorded: list[Recorded]) -> None:
+        for _, result in finished:
+            self._typical = 0.8 * self._typical + 0.2 * result.duration
+        if finished and self._generation == self._channel_generation:
+            self._adapt_prefetch()
         rec: Recorded
         for (task, _), rec in zip(finished, recorded, strict=True):
             flight = self._inflight.pop(task.job_id, None)
@@ -219,9 +275,8 @@ class Worker:
         self._inbox.clear()
         started = time.monotonic()
         while self._inflight and time.monotonic() < started + self.shutdown_grace:  # stop(now=True) cuts it short
-            finished = self._results.take_all(block_for=0.05)
-            if finished:
-                self._record(finished)
+            self._finished += self._results.take_all(block_for=0.05)
+            self._service(drain_only=True)
         if self._inflight:
             self.executor.close(wait=False)
             self._executor_closed = True

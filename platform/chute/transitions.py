@@ -1,0 +1,164 @@
+"""A worker's turn, made durable: record the attempts that finished and claim the deliveries that fit,
+in one transaction of a few batched statements (Core, not the ORM's unit of work, which costs more
+than the work itself for a fast handler). The decisions are lifecycle.py's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from chute import lifecycle
+from chute.lifecycle import Claim, JobState, Transition
+from chute.models import Attempt, Job, JobStatus
+from chute.registry import Registry
+from chute.retry import DEFAULT_POLICY
+from chute.runner import AttemptResult
+
+S = JobStatus
+JOBS: Table = Job.__table__  # type: ignore[assignment]
+ATTEMPTS: Table = Attempt.__table__  # type: ignore[assignment]
+Hook = Callable[[Session, Job, str], None]
+
+_START = (update(JOBS).where(JOBS.c.id == bindparam("b_id"))
+          .values(status=S.RUNNING, attempts=bindparam("b_attempts"), lease_owner=bindparam("b_owner"),
+                  lease_expires_at=bindparam("b_lease"), started_at=bindparam("b_started"),
+                  updated_at=bindparam("b_now"), next_attempt_at=None, dispatch_at=None))
+_MOVE = (update(JOBS).where(JOBS.c.id == bindparam("b_id"))
+         .values(status=bindparam("b_status"), result=bindparam("b_result"), error=bindparam("b_error"),
+                 next_attempt_at=bindparam("b_next"), dispatch_at=bindparam("b_next"), lease_owner=None,
+                 lease_expires_at=None, finished_at=bindparam("b_finished"), updated_at=bindparam("b_now")))
+_CLOSE = (update(ATTEMPTS).where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMPTS.c.number == bindparam("b_number"),
+                                 ATTEMPTS.c.finished_at.is_(None))
+          .values(finished_at=bindparam("b_now"), outcome=bindparam("b_outcome"), error_type=bindparam("b_type"),
+                  error_message=bindparam("b_message")))
+
+
+@dataclass(frozen=True)
+class Delivery:
+    job_id: str
+    redelivered: bool = False
+
+
+@dataclass(frozen=True)
+class Finished:
+    job_id: str
+    attempt: int
+    result: AttemptResult
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job_id: str
+    decision: Claim | None  # None: no such job
+    job: Job | None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    job_id: str
+    transition: Transition | None  # None: stale (the job was taken back by another worker)
+    job: Job | None
+
+
+def state(row: dict[str, Any]) -> JobState:
+    return JobState(row["status"], row["attempts"], row["max_attempts"], row["next_attempt_at"],
+                    row["lease_expires_at"], row["lease_owner"])
+
+
+@dataclass
+class Turn:
+    """The statements one turn will run, collected first so each kind goes out as one executemany."""
+
+    worker: str
+    now: datetime
+    starts: list[dict[str, Any]] = field(default_factory=list)
+    moves: list[dict[str, Any]] = field(default_factory=list)
+    closes: list[dict[str, Any]] = field(default_factory=list)
+    opened: list[dict[str, Any]] = field(default_factory=list)
+    events: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+
+    def start(self, row: dict[str, Any], lease: float) -> None:
+        row.update(status=S.RUNNING, attempts=row["attempts"] + 1, lease_owner=self.worker,
+                   lease_expires_at=self.now + timedelta(seconds=lease), started_at=row["started_at"] or self.now,
+                   updated_at=self.now, next_attempt_at=None, dispatch_at=None)
+        self.starts.append({"b_id": row["id"], "b_attempts": row["attempts"], "b_owner": self.worker,
+                            "b_lease": row["lease_expires_at"], "b_started": row["started_at"], "b_now": self.now})
+        self.opened.append({"job_id": row["id"], "number": row["attempts"], "worker": self.worker,
+                            "started_at": self.now})
+
+    def move(self, row: dict[str, Any], status: JobStatus, *, result: Any = None,
+             error: dict[str, Any] | None = None, next_attempt_at: datetime | None = None) -> None:
+        lifecycle.check(row["status"], status)
+        finished = self.now if status in lifecycle.TERMINAL else None
+        row.update(status=status, result=result, error=error, next_attempt_at=next_attempt_at,
+                   dispatch_at=next_attempt_at, lease_owner=None, lease_expires_at=None, finished_at=finished,
+                   updated_at=self.now)
+        self.moves.append({"b_id": row["id"], "b_status": status, "b_result": result, "b_error": error,
+                           "b_next": next_attempt_at, "b_finished": finished, "b_now": self.now})
+
+    def close(self, job_id: str, number: int, outcome: str, error: dict[str, Any] | None) -> None:
+        error = error or {}
+        self.closes.append({"b_job": job_id, "b_number": number, "b_now": self.now, "b_outcome": outcome,
+                            "b_type": error.get("type"), "b_message": (error.get("message") or "")[:4000] or None})
+
+    def run(self, conn: Connection) -> None:
+        # Attempts close before new ones open: a job taken back closes its lost attempt, then starts the next.
+        for statement, params in ((_CLOSE, self.closes), (_MOVE, self.moves), (_START, self.starts),
+                                  (insert(ATTEMPTS), self.opened)):
+            if params:
+                conn.execute(statement, params)
+
+
+def take_turn(session: Session, for_update: bool, finished: Sequence[Finished], deliveries: Sequence[Delivery],
+              worker: str, registry: Registry | None, lease: float, now: datetime,
+              hooks: Sequence[Hook]) -> tuple[list[Recorded], list[Claimed]]:
+    conn = session.connection()
+    ids = list({f.job_id for f in finished} | {d.job_id for d in deliveries})
+    query = select(JOBS).where(JOBS.c.id.in_(ids))
+    rows = {r["id"]: dict(r) for r in conn.execute(query.with_for_update() if for_update else query).mappings()}
+    turn = Turn(worker, now)
+    recorded = [_record(turn, rows.get(item.job_id), item, registry) for item in finished]
+    claimed = [_claim(turn, rows.get(d.job_id), d, lease) for d in deliveries]
+    turn.run(conn)
+    jobs = {job_id: Job(**row) for job_id, row in rows.items()}
+    for row, event in turn.events:
+        for hook in hooks:
+            hook(session, jobs[row["id"]], event)
+    return ([Recorded(r.job_id, r.transition, jobs.get(r.job_id)) for r in recorded],
+            [Claimed(c.job_id, c.decision, jobs.get(c.job_id)) for c in claimed])
+
+
+def _record(turn: Turn, row: dict[str, Any] | None, item: Finished, registry: Registry | None) -> Recorded:
+    if row is None or row["status"] is not S.RUNNING or row["lease_owner"] != turn.worker \
+            or row["attempts"] != item.attempt:
+        return Recorded(item.job_id, None, None)
+    spec = registry.get(row["handler"]) if registry else None
+    transition = lifecycle.after_attempt(state(row), item.result, spec.retry if spec else DEFAULT_POLICY, turn.now)
+    turn.close(row["id"], item.attempt, item.result.outcome, item.result.error)
+    turn.move(row, transition.status, result=item.result.result if transition.finished else None,
+              error=item.result.error, next_attempt_at=transition.next_attempt_at)
+    if transition.event:
+        turn.events.append((row, transition.event))
+    return Recorded(item.job_id, transition, None)
+
+
+def _claim(turn: Turn, row: dict[str, Any] | None, delivery: Delivery, lease: float) -> Claimed:
+    if row is None:
+        return Claimed(delivery.job_id, None, None)
+    decision = lifecycle.claim(state(row), turn.now, delivery.redelivered)
+    if decision is not Claim.SKIP and row["status"] is S.RUNNING:
+        lost = lifecycle.lost_attempt_error(row["attempts"])
+        turn.close(row["id"], row["attempts"], "lost", lost)
+    if decision is Claim.RUN:
+        lifecycle.check(row["status"], S.RUNNING)
+        turn.start(row, lease)
+    elif decision is Claim.EXHAUSTED:
+        turn.move(row, S.FAILED, error=lifecycle.lost_attempt_error(row["attempts"]))
+        turn.events.append((row, "failed"))
+    return Claimed(delivery.job_id, decision, None)
