@@ -1,4 +1,4 @@
-"""The ``chute`` command: run the parts (serve, api, worker) and talk to a running Chute."""
+"""The ``chute`` command: run the parts (serve, api, worker, notifier) and talk to a running Chute."""
 
 from __future__ import annotations
 
@@ -32,6 +32,16 @@ def _runtime(migrate: bool = True) -> Any:
     return Runtime.build(settings, migrate=migrate)
 
 
+def _start_notifier(rt: Any) -> Any:
+    """The notifier in its own thread: mail never waits on a handler, nor a handler on mail."""
+    from chute.notify import check_templates
+
+    notifier = rt.notifier()
+    check_templates(notifier.templates, rt.settings)
+    notifier.start()
+    return notifier
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"chute: {message}", err=True)
     raise typer.Exit(code)
@@ -40,22 +50,25 @@ def _fail(message: str, code: int = 2) -> None:
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000,
           concurrency: Annotated[int | None, typer.Option(help="handler processes")] = None) -> None:
-    """API + worker in one process, on embedded defaults: the one command for a fresh machine."""
+    """API + worker + notifier in one process, on embedded defaults: the one command for a fresh machine."""
     import uvicorn
 
     from chute.api import create_app
 
     rt = _runtime()
+    notifier = _start_notifier(rt)
     worker = rt.worker(concurrency)
     thread = threading.Thread(target=worker.run, name="chute-worker", daemon=True)
     thread.start()
     typer.echo(f"chute: serving on http://{host}:{port} (docs at /docs); broker {rt.broker.safe_url}, "
-               f"database {rt.db.engine.url.render_as_string(hide_password=True)}", err=True)
+               f"database {rt.db.engine.url.render_as_string(hide_password=True)}; mail via {notifier.describe}",
+               err=True)
     try:
         uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
     finally:
         worker.stop()
         thread.join(timeout=60)
+        notifier.stop()
         rt.close()
 
 
@@ -75,10 +88,11 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
 
 @app.command()
 def worker(concurrency: Annotated[int | None, typer.Option(help="handler processes")] = None) -> None:
-    """A worker: consumes jobs, runs handlers, records results. Run as many as you like."""
+    """A worker: consumes jobs, runs handlers, records results, sends the emails. Run as many as you like."""
     rt = _runtime()
     w = rt.worker(concurrency)
     rt.outbox.start()  # due retries and expired leases are published from here too
+    notifier = _start_notifier(rt)
 
     def _stop(signum: int, _frame: Any) -> None:
         typer.echo(f"chute: {signal.Signals(signum).name}: finishing in-flight jobs", err=True)
@@ -90,7 +104,69 @@ def worker(concurrency: Annotated[int | None, typer.Option(help="handler process
         w.run()
     finally:
         rt.outbox.stop()
+        notifier.stop()
         rt.close()
+
+
+@app.command()
+def notifier() -> None:
+    """Only the notifier: sends the emails jobs call for (workers send them too; this is for a host of its own)."""
+    rt = _runtime()
+    n = _start_notifier(rt)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        typer.echo(f"chute: {signal.Signals(signum).name}: stopping the notifier", err=True)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    typer.echo(f"chute: notifier sending through {n.describe}", err=True)
+    try:
+        while not stop.wait(1.0):
+            if not n.running:
+                _fail("the notifier thread stopped; see the log above", 1)
+    finally:
+        n.stop()
+        rt.close()
+
+
+@app.command("preview-email")
+def preview_email(
+        event: Annotated[str, typer.Option(help="processed or failed")] = "processed",
+        handler: Annotated[str | None, typer.Option(help="use this handler's template overrides")] = None,
+        to: Annotated[str, typer.Option(help="the recipient shown")] = "you@example.com",
+        eml: Annotated[Path | None, typer.Option(help="also write the whole message to this .eml file")] = None,
+        html: Annotated[bool, typer.Option("--html/--no-html", help="print the HTML part too")] = True) -> None:
+    """Render an email template with sample data, to check an edit before a real job uses it."""
+    from chute.notify import templates_for
+    from chute.notify.preview import preview
+    from chute.notify.templates import EVENTS, TemplateProblem
+    from chute.settings import load_settings
+
+    if event not in EVENTS:
+        _fail(f"--event must be one of {', '.join(EVENTS)}")
+    settings = load_settings()
+    templates = templates_for(settings)
+    templates.check()
+    try:
+        mail = preview(templates, event, handler, mail_from=settings.mail_from, public_url=settings.public_url,
+                       recipient=to)
+    except TemplateProblem as exc:
+        _fail(f"the template does not render: {exc}", 1)
+        return
+    message = mail.parsed()
+    sources = templates.source_of(event, handler)
+    typer.echo("templates: " + ", ".join(str(path) for path in sources.values()))
+    for name in ("From", "To", "Subject", "Date", "Message-ID"):
+        typer.echo(f"{name}: {message[name]}")
+    for subtype in ("plain", "html") if html else ("plain",):
+        part = message.get_body((subtype,))
+        typer.echo(f"\n--- text/{subtype} ---")
+        typer.echo(part.get_content() if part is not None else "(missing)")  # type: ignore[attr-defined]
+    if eml is not None:
+        eml.write_bytes(mail.data)
+        typer.echo(f"\nwrote {eml}")
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""The tables: a job per accepted upload and a row per attempt, so every step is on record."""
+"""The tables: a job per accepted upload, a row per attempt, and a row per email to send, so every step
+is on record."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -108,3 +109,64 @@ class Attempt(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))
     error_type: Mapped[str | None] = mapped_column(String(255))
     error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class DeliveryStatus(str, enum.Enum):
+    """Where one email stands; ``chute.notify.deliveries`` has the moves and ``notifier`` makes them."""
+
+    #: waiting to be sent at ``next_attempt_at`` (new, or back after a temporary failure)
+    PENDING = "pending"
+    #: a notifier holds it until ``claim_until``; ``data_at`` is set before its DATA command goes out
+    SENDING = "sending"
+    #: the server answered 250 to the message data; ``sent_at`` says when
+    SENT = "sent"
+    #: the data went out but no answer came back: the server may have the mail, so it is not resent
+    #: blindly (an operator can re-queue it)
+    UNCERTAIN = "uncertain"
+    #: refused for good (a 5xx answer), or out of attempts; ``last_error`` says why
+    FAILED = "failed"
+
+
+def _delivery_status_enum() -> Enum:
+    return Enum(DeliveryStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e],
+                validate_strings=True, name="delivery_status")
+
+
+class Delivery(Base):
+    """One email: a (job, event, recipient) of one run of the job, with its state and a stable Message-ID.
+
+    The row is inserted in the same transaction that moves the job to ``processed`` or ``failed``, so a
+    terminal job and its notifications commit together; the unique key means one email each."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    #: processed | failed
+    event: Mapped[str] = mapped_column(String(16))
+    recipient: Mapped[str] = mapped_column(String(320))
+    #: 1 for the job's first outcome, 2 after an operator re-runs it and it ends again, …
+    run: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[DeliveryStatus] = mapped_column(_delivery_status_enum())
+    #: tries so far (counted when a notifier claims the row; given back when it never got to send)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str] = mapped_column(String(255))
+    #: what the templates are rendered from: the job as it was when the event happened
+    context: Mapped[dict[str, Any]] = mapped_column(JSON)
+    next_attempt_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claim_until: Mapped[datetime | None]
+    #: committed before the DATA command goes out (while the server answers MAIL FROM): from then on
+    #: the server may have the mail, and a crash leaves the row ``uncertain`` rather than resent
+    data_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "event", "recipient", "run", name="uq_deliveries_once"),
+        #: due rows (pending, by next_attempt_at) and, by its first column, the few ``sending`` ones
+        #: that recovery looks at; every other lookup goes by job (the unique key starts with job_id)
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+    )

@@ -1,10 +1,12 @@
-"""Wiring: settings in, the long-lived parts out (database, storage, handlers, broker, outbox)."""
+"""Wiring: settings in, the long-lived parts out (database, storage, handlers, broker, outbox, notifier)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chute.broker import Broker, Publisher
 from chute.db import Database
@@ -15,6 +17,9 @@ from chute.registry import Registry, load_handlers
 from chute.settings import Settings
 from chute.storage import Storage
 from chute.worker import Worker
+
+if TYPE_CHECKING:
+    from chute.notify import DeliveryHook, DeliveryStore, Notifier, Transport
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -32,19 +37,29 @@ class Runtime:
     registry: Registry
     broker: Broker
     outbox: Outbox
+    deliveries: DeliveryStore
+    #: the job store's hook that makes a delivery row per recipient when a job ends
+    mail_hook: DeliveryHook
     hooks: list[TransitionHook] = field(default_factory=list)
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True, publisher: Publisher | None = None) -> Runtime:
+        from chute.notify import DeliveryHook, DeliveryStore
+
         registry = load_handlers(settings.handlers)
         db = Database(settings.db_url)
         if migrate:
             db.migrate()
-        store = JobStore(db)
+        mail_hook = DeliveryHook(registry, defaults=settings.notify_default, mail_from=settings.mail_from,
+                                 public_url=settings.public_url)
+        store = JobStore(db, hooks=[mail_hook])
+        deliveries = DeliveryStore(db, attempts=settings.notify_attempts, backoff=settings.notify_backoff,
+                                   max_backoff=settings.notify_max_backoff, lease=settings.notify_lease)
         broker = Broker(settings.broker, settings.queue_type, settings.queue_prefix)
         outbox = Outbox(store, publisher or Publisher(broker), interval=settings.relay_interval,
                         lease=settings.lease_seconds)
-        return cls(settings, db, store, Storage(settings.files_dir), registry, broker, outbox, store.hooks)
+        return cls(settings, db, store, Storage(settings.files_dir), registry, broker, outbox, deliveries,
+                   mail_hook, store.hooks)
 
     @property
     def scratch(self) -> Path:
@@ -56,5 +71,21 @@ class Runtime:
         return Worker(self.store, self.broker, self.registry, self.storage, executor,
                       concurrency=concurrency, scratch=self.scratch, lease=self.settings.lease_seconds)
 
+    def notifier(self, transport: Callable[[], Transport] | None = None, *, describe: str = "",
+                 reconnect_max: float = 30.0, recover_every: float = 5.0) -> Notifier:
+        """The notifier over this database: SMTP (``CHUTE_SMTP_URL``) or ``.eml`` files unless
+        ``transport`` says otherwise. A job that ends in this process wakes it at once."""
+        from chute.notify import Notifier, templates_for, transport_for
+
+        if transport is None:
+            transport, describe = transport_for(self.settings)
+        s = self.settings
+        notifier = Notifier(self.deliveries, templates_for(s), transport, mail_from=s.mail_from,
+                            batch=s.notify_batch, poll=s.notify_poll, describe=describe, reconnect_max=reconnect_max,
+                            recover_every=recover_every)
+        self.mail_hook.listeners.append(notifier.wake)
+        return notifier
+
     def close(self) -> None:
+        self.deliveries.close()
         self.db.dispose()

@@ -40,7 +40,24 @@ class Settings(BaseSettings):
     outbox_dir: Path | None = None
     smtp_url: str | None = None
     smtp_timeout: float = Field(default=30.0, gt=0)
+    #: check the SMTP server's TLS certificate (STARTTLS or smtps://); turn off only for a test server
+    #: with a self-signed certificate, and prefer CHUTE_SMTP_CA_FILE even then
+    smtp_verify: bool = True
+    #: a PEM file of CA certificates to trust for the SMTP server (a private CA, a self-signed server)
+    smtp_ca_file: Path | None = None
     mail_from: str = "Chute <chute@localhost>"
+    #: tries for one email before it is ``failed``; only answers about that email count (4xx to MAIL,
+    #: RCPT or DATA), not an unreachable server, which only delays it
+    notify_attempts: int = Field(default=8, ge=1, le=100)
+    #: the first wait after a temporary failure, in seconds; it doubles up to ``notify_max_backoff``
+    notify_backoff: float = Field(default=30.0, gt=0)
+    notify_max_backoff: float = Field(default=3600.0, gt=0)
+    #: emails sent over one SMTP connection before the notifier looks at the table again
+    notify_batch: int = Field(default=100, ge=1, le=10_000)
+    #: how often the notifier looks for due emails when nothing woke it
+    notify_poll: float = Field(default=0.5, gt=0)
+    #: how long a claim on an email lasts without renewal; a notifier that died is noticed after it
+    notify_lease: float = Field(default=300.0, gt=0)
     notify_default: CommaList = []
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     api_keys: CommaList = []
@@ -93,7 +110,22 @@ class Settings(BaseSettings):
     def _smtp_url(cls, value: str | None) -> str | None:
         if value and (urlsplit(value).scheme not in SMTP_SCHEMES or not urlsplit(value).hostname):
             raise ValueError(f"{value!r}: expected smtp://[user:pass@]host[:port] or smtps://…")
+        if value:
+            from chute.notify.smtp import SmtpConfig
+
+            SmtpConfig.from_url(value)  # its options (starttls=…) are checked here, at start
         return value or None
+
+    @field_validator("mail_from")
+    @classmethod
+    def _mail_from(cls, value: str) -> str:
+        from email.utils import parseaddr
+
+        _, address = parseaddr(value)
+        local, at, domain = address.rpartition("@")
+        if not (at and local and domain) or any(c.isspace() or ord(c) < 32 for c in value.replace(" ", "x")):
+            raise ValueError(f"{value!r} is not an address like 'Chute <chute@example.com>'")
+        return value.strip()
 
     @field_validator("public_url")
     @classmethod

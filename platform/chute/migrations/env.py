@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
-from chute.models import Base
 from sqlalchemy import text
+
+from chute.models import Base
 
 config = context.config
 engine = config.attributes["engine"]

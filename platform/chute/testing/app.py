@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ from chute.executor import InlineExecutor
 from chute.jobs import Delivery, Finished
 from chute.lifecycle import Claim
 from chute.models import Job, JobStatus, utcnow
+from chute.notify import ListTransport, Tally
 from chute.runner import AttemptResult, Task
 from chute.runtime import Runtime
 from chute.settings import Settings
@@ -59,14 +63,17 @@ class ChuteApp:
         self.app = create_app(self.runtime, outbox=False)
         self.client = TestClient(self.app)
         self.client.__enter__()
-        self.outbox: list[Any] = []
+        #: every email the app sent, parsed (``email.message.EmailMessage``), in the order sent
+        self.outbox: list[EmailMessage] = []
+        self.notifier = self.runtime.notifier(lambda: ListTransport(self.outbox), describe="chute_app.outbox")
 
     @property
     def broker(self) -> Broker:
         return self.runtime.broker
 
     def drain(self, max_attempts: int = 10_000) -> int:
-        """Run every pending job and every retry (without waiting for its delay); returns attempts run."""
+        """Run every pending job and every retry (without waiting for its delay), then send the emails
+        their outcomes call for into ``outbox``; returns attempts run."""
         ran = 0
         while ran < max_attempts:
             with self.runtime.db.write() as session:
@@ -83,7 +90,17 @@ class ChuteApp:
                 task = task_for(claimed.job, self.runtime.storage, self.runtime.registry, self.runtime.scratch)
                 self.executor.submit(task, self._record)
                 ran += 1
+        self.deliver()
         return ran
+
+    def deliver(self) -> Tally:
+        """Send every pending email into ``outbox``, through the real notifier and delivery rows (any
+        backoff is skipped, as ``drain`` skips retry delays). ``notifier`` can be swapped for one with
+        another transport (``runtime.notifier()`` sends over CHUTE_SMTP_URL)."""
+        if self.notifier.running or not self.runtime.deliveries.has_due(due_only=False):
+            return Tally()  # a started notifier sends on its own
+        self.notifier.templates.check()  # no templates: say so, rather than leave the mail pending
+        return _run(self.notifier.run_once(due_only=False))  # one pass: each pending email tried once
 
     def _record(self, task: Task, result: AttemptResult) -> None:
         self.store.record([Finished(task.job_id, task.attempt, result)], WORKER, self.runtime.registry)
@@ -101,5 +118,17 @@ class ChuteApp:
         return body
 
     def close(self) -> None:
+        if self.notifier.running:
+            self.notifier.stop()
         self.client.__exit__(None, None, None)
         self.runtime.close()
+
+
+def _run(coroutine: Coroutine[Any, Any, Tally]) -> Tally:
+    """Run a coroutine to the end, also from a test that is itself inside an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

@@ -1,0 +1,47 @@
+"""Delivery rows on PostgreSQL, where several notifiers on several machines share one table."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from chute.models import DeliveryStatus
+from chute.testing import ChuteApp
+
+pytestmark = pytest.mark.postgres
+
+
+def test_notifiers_on_postgres_skip_each_others_rows_and_send_each_once(
+        make_app: Callable[..., ChuteApp], postgres_database: str, attempt: Callable[..., str]) -> None:
+    app = make_app(database_url=postgres_database)
+    job = app.upload(b"hello\n", "hello.txt", notify=",".join(f"r{i}@example.com" for i in range(29)))
+    attempt(app, job["id"])  # the hook runs in PostgreSQL's terminal transaction too
+    rows = app.runtime.deliveries.for_job(job["id"])
+    assert len(rows) == 30
+
+    store = app.runtime.deliveries
+    got: dict[str, list[int]] = {}
+    start = threading.Barrier(4)
+
+    def claim(owner: str) -> None:
+        start.wait()
+        mine: list[int] = []
+        while batch := store.claim(owner, 2):
+            mine += [b.id for b in batch]
+        got[owner] = mine
+
+    threads = [threading.Thread(target=claim, args=(f"n{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    claimed = sorted(i for mine in got.values() for i in mine)
+    assert claimed == sorted(r.id for r in rows)
+
+    for owner, ids in got.items():  # each notifier releases what it holds; the kit's notifier sends it all
+        store.release(owner, ids)
+    app.drain()
+    assert len(app.outbox) == 30 and len({m["Message-ID"] for m in app.outbox}) == 30
+    assert {r.status for r in store.for_job(job["id"])} == {DeliveryStatus.SENT}
