@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from chute.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

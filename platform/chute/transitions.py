@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection
@@ -64,6 +64,22 @@ class Recorded:
     job_id: str
     transition: Transition | None  # None: stale (the job was taken back by another worker)
     job: Job | None
+
+
+class JobRow:
+    """A job row read as attributes (``row.handler``), as a Job would be, without building an ORM object
+    for every row of every turn. Read-only; what callers (the worker, hooks) need of a job."""
+
+    __slots__ = ("_row",)
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self._row = row
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._row[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 def state(row: dict[str, Any]) -> JobState:
@@ -126,7 +142,7 @@ def take_turn(session: Session, for_update: bool, finished: Sequence[Finished], 
     recorded = [_record(turn, rows.get(item.job_id), item, registry) for item in finished]
     claimed = [_claim(turn, rows.get(d.job_id), d, lease) for d in deliveries]
     turn.run(conn)
-    jobs = {job_id: Job(**row) for job_id, row in rows.items()}
+    jobs = {job_id: cast(Job, JobRow(row)) for job_id, row in rows.items()}
     for row, event in turn.events:
         for hook in hooks:
             hook(session, jobs[row["id"]], event)

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
+
 from chute.cli import app
 from chute.testing import ChuteApp
-from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from chute.errors import InvalidTransition
 from chute.lifecycle import Claim, JobState, after_attempt, check, claim
 from chute.models import JobStatus as S

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from chute.errors import HandlerTimeout
 from chute.retry import DEFAULT_POLICY, RetryPolicy
 

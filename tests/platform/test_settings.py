@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from chute.errors import ConfigError
 from chute.settings import load_settings
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import pytest_mock
+
 from chute.errors import UploadTooLarge
 from chute.storage import Storage, clean_filename
 
