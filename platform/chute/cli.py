@@ -95,7 +95,12 @@ def worker(concurrency: Annotated[int | None, typer.Option(help="handler process
     notifier = _start_notifier(rt)
 
     def _stop(signum: int, _frame: Any) -> None:
-        typer.echo(f"chute: {signal.Signals(signum).name}: finishing in-flight jobs", err=True)
+        if w.stopping.is_set():
+            typer.echo(f"chute: {signal.Signals(signum).name} again: handing in-flight jobs back now", err=True)
+            w.stop(now=True)
+            return
+        typer.echo(f"chute: {signal.Signals(signum).name}: finishing in-flight jobs (up to "
+                   f"{w.shutdown_grace:g}s; signal again to hand them back now)", err=True)
         w.stop()
 
     signal.signal(signal.SIGTERM, _stop)

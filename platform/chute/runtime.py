@@ -69,7 +69,8 @@ class Runtime:
         concurrency = concurrency or self.settings.worker_concurrency
         executor = executor or ProcessExecutor(concurrency, self.settings.handlers, self.registry)
         return Worker(self.store, self.broker, self.registry, self.storage, executor,
-                      concurrency=concurrency, scratch=self.scratch, lease=self.settings.lease_seconds)
+                      concurrency=concurrency, scratch=self.scratch, lease=self.settings.lease_seconds,
+                      shutdown_grace=self.settings.shutdown_grace)
 
     def notifier(self, transport: Callable[[], Transport] | None = None, *, describe: str = "",
                  reconnect_max: float = 30.0, recover_every: float = 5.0) -> Notifier:

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     #: queue names start with this: several Chutes (or test runs) can share one RabbitMQ
     queue_prefix: str = Field(default="chute", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     lease_seconds: float = Field(default=30.0, gt=0)
+    #: how long a stopping worker lets running attempts finish before it hands them back
+    shutdown_grace: float = Field(default=30.0, ge=0)
     relay_interval: float = Field(default=0.5, gt=0)
     #: how long the relay leaves a fresh upload to the API's own publish before sending it itself
     publish_grace: float = Field(default=5.0, ge=2.0)

@@ -185,6 +185,7 @@ def process_env(settings: Any, **extra: str) -> dict[str, str]:
         "CHUTE_BROKER_URL": settings.broker, "CHUTE_HANDLERS": str(settings.handlers),
         "CHUTE_QUEUE_PREFIX": settings.queue_prefix, "CHUTE_LEASE_SECONDS": str(settings.lease_seconds),
         "CHUTE_RELAY_INTERVAL": str(settings.relay_interval), "CHUTE_WORKER_CONCURRENCY": "2",
+        "CHUTE_SHUTDOWN_GRACE": "5",  # past it, teardown hands long test jobs back instead of waiting
     })
     env.update(extra)
     return env

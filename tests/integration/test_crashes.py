@@ -3,6 +3,7 @@ several worker processes sharing one queue. Workers here are real `chute worker`
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import pytest
@@ -70,6 +71,21 @@ def test_sigterm_lets_the_running_job_finish_then_exits_cleanly(make_chute: Any,
     job = chute.job(job_id)
     assert (job["status"], job["attempts"]) == ("processed", 1)
     assert "finishing in-flight jobs" in worker.output()
+
+
+def test_a_second_sigterm_hands_the_running_job_back_at_once(make_chute: Any, chute_proc: Any, env_for: Any,
+                                                             wait: Any) -> None:
+    chute = make_chute()
+    worker = chute_proc(["worker", "--concurrency", "1"], env_for(chute.rt.settings))
+    job_id = chute.upload("long.slow", b"60")
+    wait(lambda: running(chute, job_id), 30, message="the job to start")
+    worker.popen.send_signal(signal.SIGTERM)
+    wait(lambda: "finishing in-flight jobs" in worker.output(), 10, message="the first SIGTERM to be seen")
+    worker.popen.send_signal(signal.SIGTERM)
+    assert worker.popen.wait(timeout=30) == 0, worker.output()
+    job = chute.job(job_id)
+    assert (job["status"], job["attempts"]) == ("pending", 0), job
+    assert [a["outcome"] for a in chute.attempts(job_id)] == ["interrupted"]
 
 
 def test_a_worker_stopping_past_its_grace_hands_the_job_back_uncounted(make_chute: Any, wait: Any) -> None:
