@@ -33,6 +33,7 @@ _MOVE = (update(JOBS).where(JOBS.c.id == bindparam("b_id"))
          .values(status=bindparam("b_status"), result=bindparam("b_result"), error=bindparam("b_error"),
                  next_attempt_at=bindparam("b_next"), dispatch_at=bindparam("b_next"), lease_owner=None,
                  lease_expires_at=None, finished_at=bindparam("b_finished"), updated_at=bindparam("b_now")))
+_OPEN = insert(ATTEMPTS)
 _CLOSE = (update(ATTEMPTS).where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMPTS.c.number == bindparam("b_number"),
                                  ATTEMPTS.c.finished_at.is_(None))
           .values(finished_at=bindparam("b_now"), outcome=bindparam("b_outcome"), error_type=bindparam("b_type"),
@@ -126,7 +127,7 @@ class Turn:
     def run(self, conn: Connection) -> None:
         # Attempts close before new ones open: a job taken back closes its lost attempt, then starts the next.
         for statement, params in ((_CLOSE, self.closes), (_MOVE, self.moves), (_START, self.starts),
-                                  (insert(ATTEMPTS), self.opened)):
+                                  (_OPEN, self.opened)):
             if params:
                 conn.execute(statement, params)
 

@@ -30,7 +30,8 @@ TICK = 0.002
 BUSY_WAIT = 0.05
 NO_WAIT = 0.0001  # "only what is already here"; 0 would make py-amqp spin
 FAST_ATTEMPT = 0.05
-SLOW_PREFETCH, FAST_PREFETCH, FAST_LOOKAHEAD = 2, 32, 16  # times the concurrency
+SLOW_PREFETCH, FAST_PREFETCH, FAST_LOOKAHEAD = 2, 128, 64  # times the concurrency
+MAX_PREFETCH, MAX_LOOKAHEAD = 1000, 500
 RECONNECT_MAX = 10.0
 RECONCILE_EVERY = 30.0
 
@@ -60,6 +61,7 @@ class Worker:
         self.ready = threading.Event()
         self._results = ResultQueue()
         self._finished: list[tuple[Task, AttemptResult]] = []
+        self._to_ack: list[Any] = []
         self._typical = 1.0  # seconds an attempt takes, smoothed; start by assuming slow
         self._channel_generation = 0
         self._inbox: list[tuple[Delivery, Any]] = []
@@ -163,6 +165,7 @@ class Worker:
                                                 [d for d, _ in batch], self.id, self.registry, self.lease)
             self._after_record(finished, recorded)
             self._after_claim(batch, claimed)
+            self._flush_acks()
         if drain_only:
             return
         now = time.monotonic()
@@ -191,12 +194,12 @@ class Worker:
         """How many jobs to claim beyond the free slots. With fast handlers, many: one turn (one commit)
         then carries dozens of jobs. With slow ones, none: waiting work stays with the broker, where an
         idle worker can take it."""
-        return FAST_LOOKAHEAD * self.concurrency if self.fast else 0
+        return min(FAST_LOOKAHEAD * self.concurrency, MAX_LOOKAHEAD) if self.fast else 0
 
     def _adapt_prefetch(self) -> None:
         """Fast handlers get a deep prefetch (big turns); slow ones a shallow one (a fair share between
         workers). Messages held beyond the shallow depth go back to the broker for other workers."""
-        wanted = (FAST_PREFETCH if self.fast else SLOW_PREFETCH) * self.concurrency
+        wanted = min((FAST_PREFETCH if self.fast else SLOW_PREFETCH) * self.concurrency, MAX_PREFETCH)
         if wanted == self.prefetch or self._channel is None:
             return
         self.prefetch = wanted
@@ -233,7 +236,7 @@ class Worker:
             elif outcome.decision is Claim.EXHAUSTED:
                 self._dead_letter(job_message(delivery.job_id), "out of attempts: the worker died",
                                   job=outcome.job)
-            message.ack()
+            self._to_ack.append(message)
         self._log_skips(claimed)
 
     def _after_record(self, finished: list[tuple[Task, AttemptResult]], recorded: list[Recorded]) -> None:
@@ -247,7 +250,24 @@ class Worker:
             if rec.transition is not None and rec.transition.dead_letter:
                 self._dead_letter(job_message(task.job_id), "failed", job=rec.job)
             if flight is not None and flight.generation == self._generation:
-                flight.message.ack()
+                self._to_ack.append(flight.message)
+
+    def _flush_acks(self) -> None:
+        """Acknowledge what this turn committed. On RabbitMQ every tag below the oldest message still
+        held goes in one ``multiple`` ack; the rest one by one (the embedded broker acks each)."""
+        acks, self._to_ack = self._to_ack, []
+        if not acks:
+            return
+        if self.broker.is_amqp:
+            held = [m.delivery_tag for _, m in self._inbox]
+            held += [f.message.delivery_tag for f in self._inflight.values() if f.generation == self._generation]
+            oldest = min(held, default=None)
+            below = [m for m in acks if oldest is None or m.delivery_tag < oldest]
+            if len(below) > 1:
+                max(below, key=lambda m: m.delivery_tag).ack(multiple=True)
+                acks = [m for m in acks if m not in below]
+        for message in acks:
+            message.ack()
 
     def _task(self, job: Job) -> Task:
         return task_for(job, self.storage, self.registry, self.scratch)
