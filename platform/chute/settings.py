@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from chute.addresses import normalize_all
 from chute.errors import ConfigError
 
 CommaList = Annotated[list[str], NoDecode]
@@ -82,13 +82,7 @@ class Settings(BaseSettings):
     @field_validator("notify_default")
     @classmethod
     def _emails(cls, value: list[str]) -> list[str]:
-        out = []
-        for address in value:
-            try:
-                out.append(validate_email(address, check_deliverability=False).normalized)
-            except EmailNotValidError as exc:
-                raise ValueError(f"{address!r} is not an email address ({exc})") from None
-        return out
+        return normalize_all(value)  # a BadAddress is a ValueError: pydantic reports it
 
     @field_validator("database_url")
     @classmethod

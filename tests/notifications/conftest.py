@@ -257,3 +257,29 @@ def attempt() -> Callable[..., str]:
         return recorded[0].transition.status.value
 
     return run
+
+
+@pytest.fixture
+def claim_concurrently() -> Callable[..., dict[str, list[int]]]:
+    """``notifiers`` threads claiming ``batch`` rows at a time until none are left: owner -> ids claimed."""
+
+    def run(store: Any, notifiers: int, batch: int) -> dict[str, list[int]]:
+        got: dict[str, list[int]] = {}
+        start = threading.Barrier(notifiers)
+
+        def claim(owner: str) -> None:
+            start.wait()
+            mine: list[int] = []
+            while claimed := store.claim(owner, batch):
+                mine += [b.id for b in claimed]
+            got[owner] = mine
+
+        threads = [threading.Thread(target=claim, args=(f"n{i}",)) for i in range(notifiers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads), "a notifier thread did not finish"
+        return got
+
+    return run

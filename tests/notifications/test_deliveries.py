@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -95,26 +94,11 @@ def pending(app: ChuteApp, count: int, attempt: Callable[..., str]) -> list[int]
     return [r.id for r in rows(app, job["id"])]
 
 
-def test_two_notifiers_never_claim_the_same_row(make_app: Callable[..., ChuteApp],
-                                                attempt: Callable[..., str]) -> None:
+def test_two_notifiers_never_claim_the_same_row(make_app: Callable[..., ChuteApp], attempt: Callable[..., str],
+                                                claim_concurrently: Callable[..., dict[str, list[int]]]) -> None:
     app = make_app()
     ids = pending(app, 40, attempt)
-    store = app.runtime.deliveries
-    got: dict[str, list[int]] = {}
-    start = threading.Barrier(4)
-
-    def claim(owner: str) -> None:
-        start.wait()
-        mine: list[int] = []
-        while batch := store.claim(owner, 3):
-            mine += [b.id for b in batch]
-        got[owner] = mine
-
-    threads = [threading.Thread(target=claim, args=(f"n{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    got = claim_concurrently(app.runtime.deliveries, 4, 3)
     claimed = [i for mine in got.values() for i in mine]
     assert sorted(claimed) == sorted(ids)  # every row once, none twice
 

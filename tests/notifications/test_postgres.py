@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -14,7 +13,8 @@ pytestmark = pytest.mark.postgres
 
 
 def test_notifiers_on_postgres_skip_each_others_rows_and_send_each_once(
-        make_app: Callable[..., ChuteApp], postgres_database: str, attempt: Callable[..., str]) -> None:
+        make_app: Callable[..., ChuteApp], postgres_database: str, attempt: Callable[..., str],
+        claim_concurrently: Callable[..., dict[str, list[int]]]) -> None:
     app = make_app(database_url=postgres_database)
     job = app.upload(b"hello\n", "hello.txt", notify=",".join(f"r{i}@example.com" for i in range(29)))
     attempt(app, job["id"])  # the hook runs in PostgreSQL's terminal transaction too
@@ -22,21 +22,7 @@ def test_notifiers_on_postgres_skip_each_others_rows_and_send_each_once(
     assert len(rows) == 30
 
     store = app.runtime.deliveries
-    got: dict[str, list[int]] = {}
-    start = threading.Barrier(4)
-
-    def claim(owner: str) -> None:
-        start.wait()
-        mine: list[int] = []
-        while batch := store.claim(owner, 2):
-            mine += [b.id for b in batch]
-        got[owner] = mine
-
-    threads = [threading.Thread(target=claim, args=(f"n{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    got = claim_concurrently(store, 4, 2)
     claimed = sorted(i for mine in got.values() for i in mine)
     assert claimed == sorted(r.id for r in rows)
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from chute.addresses import BadAddress, normalize_all
 from chute.batching import GroupCommit
 from chute.errors import InvalidUploadField, MalformedUpload, MissingFile, UnsupportedType, UploadTooLarge
 from chute.jobs import JobStore
@@ -154,18 +154,11 @@ async def receive(stream: AsyncIterator[bytes], content_type: str | None, conten
 
 
 def notify_list(values: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for value in values:
-        for address in (a.strip() for a in value.split(",")):
-            if not address:
-                continue
-            try:
-                normalized = validate_email(address, check_deliverability=False).normalized
-            except EmailNotValidError as exc:
-                raise InvalidUploadField(f"{address!r} is not an email address ({exc})", "notify") from None
-            if normalized not in out:
-                out.append(normalized)
-    return out
+    """The ``notify`` fields (repeated, comma-separated or both) as one list of addresses."""
+    try:
+        return normalize_all(a for value in values for a in value.split(",") if a.strip())
+    except BadAddress as exc:
+        raise InvalidUploadField(str(exc), "notify") from None
 
 
 def choose_handler(registry: Registry, parsed: Parsed) -> tuple[HandlerSpec, dict[str, Any], str]:

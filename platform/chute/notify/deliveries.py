@@ -46,11 +46,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Table, bindparam, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from chute.addresses import BadAddress, normalize_all
 from chute.db import Database, make_engine
 from chute.errors import ConfigError
 from chute.models import Delivery, DeliveryStatus, Job, UTCDateTime, utcnow
@@ -137,13 +137,10 @@ def snapshot(job: Job, event: str, public_url: str) -> dict[str, Any]:
 
 
 def validated(addresses: Iterable[str], where: str) -> list[str]:
-    out = []
-    for address in addresses:
-        try:
-            out.append(validate_email(address, check_deliverability=False).normalized)
-        except EmailNotValidError as exc:
-            raise ConfigError(f"{where}: {address!r} is not an email address ({exc})") from None
-    return out
+    try:
+        return normalize_all(addresses)
+    except BadAddress as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def merge_recipients(*groups: Iterable[str]) -> list[str]:

@@ -21,19 +21,14 @@ def eml_name(mail: Mail) -> str:
     return clean_id(local.replace(".", "-")) + ".eml"
 
 
-class EmlTransport:
-    """Writes each message to ``<folder>/<message>.eml`` (written whole, then renamed into place)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-        self.written: list[Path] = []
+class _Local:
+    """What a transport without a server does for the SMTP steps before the content: nothing."""
 
     @property
     def alive(self) -> bool:
         return True
 
-    async def __aenter__(self) -> EmlTransport:
-        self.folder.mkdir(parents=True, exist_ok=True)
+    async def __aenter__(self) -> _Local:
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -45,6 +40,21 @@ class EmlTransport:
 
     async def rcpt_to(self, mail: Mail) -> None:
         return None
+
+    async def content(self, mail: Mail) -> str:
+        raise NotImplementedError
+
+
+class EmlTransport(_Local):
+    """Writes each message to ``<folder>/<message>.eml`` (written whole, then renamed into place)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.written: list[Path] = []
+
+    async def __aenter__(self) -> EmlTransport:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
 
     async def content(self, mail: Mail) -> str:
         path = self.folder / eml_name(mail)
@@ -60,28 +70,11 @@ class EmlTransport:
         return f"written to {path}"
 
 
-class ListTransport:
+class ListTransport(_Local):
     """Appends each message, parsed, to a list: ``chute_app.outbox``."""
 
     def __init__(self, outbox: list[EmailMessage]) -> None:
         self.outbox = outbox
-
-    @property
-    def alive(self) -> bool:
-        return True
-
-    async def __aenter__(self) -> ListTransport:
-        return self
-
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        return None
-
-    async def mail_from(self, mail: Mail) -> None:
-        return None
-
-    async def rcpt_to(self, mail: Mail) -> None:
-        return None
 
     async def content(self, mail: Mail) -> str:
         self.outbox.append(mail.parsed())
