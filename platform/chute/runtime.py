@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import OperationalError
+
 from chute.broker import Broker, Publisher
 from chute.db import Database
+from chute.errors import ConfigError
 from chute.executor import Executor, ProcessExecutor
 from chute.jobs import JobStore, TransitionHook
 from chute.outbox import Outbox
@@ -49,7 +52,12 @@ class Runtime:
         registry = load_handlers(settings.handlers)
         db = Database(settings.db_url)
         if migrate:
-            db.migrate()
+            try:
+                db.migrate()
+            except OperationalError as exc:
+                reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+                raise ConfigError(f"CHUTE_DATABASE_URL: cannot use {db.engine.url.render_as_string()}: "
+                                  f"{reason}") from None
         mail_hook = DeliveryHook(registry, defaults=settings.notify_default, mail_from=settings.mail_from,
                                  public_url=settings.public_url)
         store = JobStore(db, hooks=[mail_hook])

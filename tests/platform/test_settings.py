@@ -57,3 +57,25 @@ def test_the_command_stops_at_start_with_that_line(tmp_path: Path) -> None:
     assert len(lines) == 1, done.stderr
     assert "CHUTE_MAX_UPLOAD_BYTES" in lines[0]
     assert not (tmp_path / "var").exists()
+
+
+def test_a_database_that_does_not_answer_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "CHUTE_DATABASE_URL": "postgresql+psycopg://nobody:secret@127.0.0.1:1/chute",
+           "CHUTE_HANDLERS": str(Path(__file__).resolve().parents[2] / "handlers")}
+    done = subprocess.run([sys.executable, "-m", "chute.cli", "api"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("chute: CHUTE_DATABASE_URL: cannot use")
+    assert "secret" not in lines[0], "the password is never printed"
+
+
+def test_a_missing_handlers_folder_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CHUTE_HANDLERS": str(tmp_path / "nope")}
+    done = subprocess.run([sys.executable, "-m", "chute.cli", "serve"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CHUTE_HANDLERS" in lines[0], done.stderr
