@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from chute import lifecycle
 from chute.db import Database
 from chute.errors import InvalidTransition, JobNotFound
-from chute.lifecycle import Claim, JobState
+from chute.lifecycle import Claim
 from chute.models import Attempt, Job, JobStatus, utcnow
 from chute.registry import Registry
 from chute.transitions import Claimed as Claimed  # re-exported: the worker's vocabulary
@@ -38,11 +38,6 @@ TransitionHook = Callable[[Session, Job, str], None]
 def new_job_id() -> str:
     """Time-ordered (48-bit milliseconds, then 80 random bits): new rows land at the end of the index."""
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
-
-
-def state(job: Job) -> JobState:
-    return JobState(job.status, job.attempts, job.max_attempts, job.next_attempt_at, job.lease_expires_at,
-                    job.lease_owner)
 
 
 def _locked(db: Database, query: Select[Any]) -> Select[Any]:
@@ -240,9 +235,7 @@ class JobStore:
         return lost
 
     # --- helpers ------------------------------------------------------------------------------
-    def _emit(self, session: Session, job: Job, event: str) -> None:
-        for hook in self.hooks:
-            hook(session, job, event)
+
 
 
 def encode_cursor(job: Job) -> str:

@@ -32,7 +32,6 @@ class Outbox:
         self._thread: threading.Thread | None = None
         self._down_until = 0.0
         self._down_for = 0.5
-        self.published = 0
         self._unmarked: list[Due] = []
         self._marked_at = time.monotonic()
 
@@ -96,7 +95,6 @@ class Outbox:
             self.store.mark_dispatched(due)
         else:
             self._unmarked += due
-        self.published += len(due)
         if self._down_until:
             log.info("the broker is back; the outbox is publishing again")
             self._down_until, self._down_for = 0.0, 0.5
