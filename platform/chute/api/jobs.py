@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 
 from chute.api.deps import require_key, runtime
-from chute.api.schemas import AttemptOut, JobOut, JobPage
+from chute.api.schemas import AttemptOut, JobOut, JobPage, NotificationOut
 from chute.errors import InvalidTransition, JobNotFound
 from chute.models import Job, JobStatus
 from chute.runtime import Runtime
@@ -38,7 +38,22 @@ def list_jobs(status: JobStatus | None = None, handler: str | None = None,
 @router.get("/{job_id}", response_model=JobOut, summary="One job")
 def get_job(job_id: str, rt: Runtime = Depends(runtime)) -> JobOut:
     job = _job(rt, job_id)
-    return JobOut.of(job, rt.settings.public_url, rt.storage.list_artifacts(job.storage_key))
+    out = JobOut.of(job, rt.settings.public_url, rt.storage.list_artifacts(job.storage_key))
+    out.notifications = [NotificationOut(id=d.id, event=d.event, recipient=d.recipient, status=d.status.value,
+                                         attempts=d.attempts, last_error=d.last_error, sent_at=d.sent_at,
+                                         message_id=d.message_id) for d in rt.deliveries.for_job(job_id)]
+    return out
+
+
+@router.post("/{job_id}/notifications/retry", response_model=list[NotificationOut], status_code=202,
+             summary="Send this job's uncertain or failed emails again (same Message-ID)")
+def retry_notifications(job_id: str, rt: Runtime = Depends(runtime)) -> list[NotificationOut]:
+    _job(rt, job_id)
+    again = [d.id for d in rt.deliveries.for_job(job_id) if d.status.value in ("uncertain", "failed")]
+    if not again:
+        raise HTTPException(409, f"job {job_id} has no uncertain or failed email to send again")
+    rt.deliveries.requeue(again)
+    return get_job(job_id, rt).notifications or []
 
 
 @router.get("/{job_id}/attempts", response_model=list[AttemptOut], summary="Every attempt of a job")

@@ -16,6 +16,19 @@ class JobError(BaseModel):
     traceback: str = ""
 
 
+class NotificationOut(BaseModel):
+    """One email about a job: sent, waiting (pending/sending), uncertain (may have arrived) or failed."""
+
+    id: int
+    event: str
+    recipient: str
+    status: str
+    attempts: int
+    last_error: str | None
+    sent_at: datetime | None
+    message_id: str
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -35,6 +48,8 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     next_attempt_at: datetime | None
+    #: the emails about this job (only on GET /jobs/{id})
+    notifications: list[NotificationOut] | None = None
     links: dict[str, str]
 
     @classmethod
