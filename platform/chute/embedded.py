@@ -16,6 +16,7 @@ import logging
 import os
 import time
 import uuid
+from functools import cached_property
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -35,22 +36,26 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Channel(filesystem.Channel):
-    @property
+    @cached_property
     def root(self) -> Path:
         return Path(self.transport_options["root"])
 
-    @property
+    @cached_property
     def queue_dir(self) -> Path:
         return self.root / "queue"
 
+    @cached_property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
     @property
     def inflight_dir(self) -> Path:
-        return self.root / INFLIGHT / str(os.getpid())
+        return self.root / INFLIGHT / str(os.getpid())  # not cached: a forked child has a pid of its own
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         job = str((payload.get("headers") or {}).get("x-chute-job", "-"))
         name = f"{time.time_ns():020d}_{uuid.uuid4().hex[:12]}_{job}.{queue}.msg"
-        tmp = self.root / "tmp" / name
+        tmp = self.tmp_dir / name
         tmp.write_bytes(json.dumps(payload).encode())
         os.rename(tmp, self.queue_dir / name)
 

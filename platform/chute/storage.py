@@ -9,6 +9,7 @@ import re
 import shutil
 import threading
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +68,10 @@ class DirSync:
 class FileWriter:
     """Receives chunks; refuses to grow past the limit; removes itself unless finished."""
 
-    def __init__(self, path: Path, key: str, limit: int, dirsync: DirSync, new_dir: bool) -> None:
+    def __init__(self, path: Path, key: str, limit: int, dirsync: DirSync, new_dir: bool,
+                 on_durable: Callable[[], None] = lambda: None) -> None:
         self.path, self.key, self.limit = path, key, limit
-        self._dirsync, self._new_dir = dirsync, new_dir
+        self._dirsync, self._new_dir, self._on_durable = dirsync, new_dir, on_durable
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o440)
         self._hash = hashlib.sha256()
         self._head = bytearray()
@@ -111,6 +113,7 @@ class FileWriter:
         self._dirsync.sync(self.path.parent)
         if self._new_dir:
             self._dirsync.sync(self.path.parent.parent)
+        self._on_durable()
         return StoredFile(self.key, self.path, self.size, self._hash.hexdigest(), bytes(self._head))
 
     def abort(self) -> None:
@@ -143,6 +146,7 @@ class Storage:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self._dirsync = DirSync()
+        self._shards: set[str] = set()  # shard folders a finished file has already made durable
 
     def key_for(self, job_id: str) -> str:
         return f"{job_id[:2]}/{job_id}"
@@ -153,10 +157,10 @@ class Storage:
     def writer(self, job_id: str, limit: int) -> FileWriter:
         key = self.key_for(job_id)
         path = self.path(key)
-        new_dir = not path.parent.is_dir()
+        new_dir = key[:2] not in self._shards  # until a finished file has made its folder durable
         if new_dir:
             path.parent.mkdir(exist_ok=True)
-        return FileWriter(path, key, limit, self._dirsync, new_dir)
+        return FileWriter(path, key, limit, self._dirsync, new_dir, lambda: self._shards.add(key[:2]))
 
     def artifacts_dir(self, key: str) -> Path:
         return self.path(key + ".artifacts")

@@ -97,3 +97,19 @@ def test_artifact_names_cannot_escape_the_job_folder(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("no")
     assert storage.artifact(key, "../../secret") is None
     assert storage.artifact(key, "..") is None
+
+
+def test_a_new_shard_folder_is_made_durable_by_its_first_finished_file(tmp_path: Path,
+                                                                       mocker: pytest_mock.MockerFixture) -> None:
+    from chute import storage as storage_module
+
+    synced = mocker.spy(storage_module, "fsync_dir")
+    storage = Storage(tmp_path)
+    refused = storage.writer("abfirst", limit=10)
+    with pytest.raises(UploadTooLarge):
+        refused.write(b"x" * 11)  # aborted: it made nothing durable
+    storage.writer("absecond", limit=10).finish()
+    assert tmp_path in [call.args[0] for call in synced.call_args_list], "the root, for the new shard's entry"
+    synced.reset_mock()
+    storage.writer("abthird", limit=10).finish()
+    assert [call.args[0] for call in synced.call_args_list] == [tmp_path / "ab"], "only the shard from then on"

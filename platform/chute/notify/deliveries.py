@@ -494,7 +494,8 @@ def mark_engine(db: Database) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
-        return engine
+        # and transactions begun through SQLAlchemy keep it (db.py sets the level per transaction)
+        return engine.execution_options(sqlite_sync="NORMAL")
     return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4,
                          connect_args={"options": "-c synchronous_commit=off"})
 
