@@ -146,6 +146,7 @@ class Storage:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self._dirsync = DirSync()
+        self._root_str = str(root)
         self._shards: set[str] = set()  # shard folders a finished file has already made durable
 
     def key_for(self, job_id: str) -> str:
@@ -153,6 +154,11 @@ class Storage:
 
     def path(self, key: str) -> Path:
         return self.root / key
+
+    def locations(self, key: str) -> tuple[str, str]:
+        """(original, artifacts folder) as plain strings: what a worker hands a child, per job, cheaply."""
+        original = os.path.join(self._root_str, key)
+        return original, original + ".artifacts"
 
     def writer(self, job_id: str, limit: int) -> FileWriter:
         key = self.key_for(job_id)

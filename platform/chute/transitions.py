@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from chute import lifecycle
+from chute.db import Direct
 from chute.lifecycle import Claim, JobState, Transition
 from chute.models import Attempt, Job, JobStatus
 from chute.registry import Registry
@@ -33,7 +34,11 @@ _MOVE = (update(JOBS).where(JOBS.c.id == bindparam("b_id"))
          .values(status=bindparam("b_status"), result=bindparam("b_result"), error=bindparam("b_error"),
                  next_attempt_at=bindparam("b_next"), dispatch_at=bindparam("b_next"), lease_owner=None,
                  lease_expires_at=None, finished_at=bindparam("b_finished"), updated_at=bindparam("b_now")))
-_OPEN = insert(ATTEMPTS)
+#: every column a turn reads: all but the ones it never needs (the type evidence, the previous result)
+_READ = [c for c in JOBS.c if c.name not in ("type_info", "result")]
+_OPEN = insert(ATTEMPTS).values(job_id=bindparam("b_job"), number=bindparam("b_number"),
+                                worker=bindparam("b_worker"), started_at=bindparam("b_started"))
+_COMPILED: dict[str, list[Direct]] = {}  # per dialect: _CLOSE, _MOVE, _START, _OPEN, compiled once
 _CLOSE = (update(ATTEMPTS).where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMPTS.c.number == bindparam("b_number"),
                                  ATTEMPTS.c.finished_at.is_(None))
           .values(finished_at=bindparam("b_now"), outcome=bindparam("b_outcome"), error_type=bindparam("b_type"),
@@ -106,8 +111,8 @@ class Turn:
                    updated_at=self.now, next_attempt_at=None, dispatch_at=None)
         self.starts.append({"b_id": row["id"], "b_attempts": row["attempts"], "b_owner": self.worker,
                             "b_lease": row["lease_expires_at"], "b_started": row["started_at"], "b_now": self.now})
-        self.opened.append({"job_id": row["id"], "number": row["attempts"], "worker": self.worker,
-                            "started_at": self.now})
+        self.opened.append({"b_job": row["id"], "b_number": row["attempts"], "b_worker": self.worker,
+                            "b_started": self.now})
 
     def move(self, row: dict[str, Any], status: JobStatus, *, result: Any = None,
              error: dict[str, Any] | None = None, next_attempt_at: datetime | None = None) -> None:
@@ -125,11 +130,19 @@ class Turn:
                             "b_type": error.get("type"), "b_message": (error.get("message") or "")[:4000] or None})
 
     def run(self, conn: Connection) -> None:
-        # Attempts close before new ones open: a job taken back closes its lost attempt, then starts the next.
-        for statement, params in ((_CLOSE, self.closes), (_MOVE, self.moves), (_START, self.starts),
-                                  (_OPEN, self.opened)):
-            if params:
-                conn.execute(statement, params)
+        """Straight on the DBAPI cursor, inside the session's transaction: per row, SQLAlchemy's execution
+        bookkeeping would cost more than SQLite's own work. Attempts close before new ones open (a job
+        taken back closes its lost attempt, then starts the next)."""
+        compiled = _COMPILED.get(conn.dialect.name)
+        if compiled is None:
+            compiled = _COMPILED[conn.dialect.name] = [Direct(s, conn.dialect) for s in (_CLOSE, _MOVE, _START, _OPEN)]
+        cursor = conn.connection.cursor()
+        try:
+            for direct, params in zip(compiled, (self.closes, self.moves, self.starts, self.opened), strict=True):
+                if params:
+                    direct.run(cursor, params)
+        finally:
+            cursor.close()
 
 
 def take_turn(session: Session, for_update: bool, finished: Sequence[Finished], deliveries: Sequence[Delivery],
@@ -137,7 +150,7 @@ def take_turn(session: Session, for_update: bool, finished: Sequence[Finished], 
               hooks: Sequence[Hook]) -> tuple[list[Recorded], list[Claimed]]:
     conn = session.connection()
     ids = list({f.job_id for f in finished} | {d.job_id for d in deliveries})
-    query = select(JOBS).where(JOBS.c.id.in_(ids))
+    query = select(*_READ).where(JOBS.c.id.in_(ids))
     rows = {r["id"]: dict(r) for r in conn.execute(query.with_for_update() if for_update else query).mappings()}
     turn = Turn(worker, now)
     recorded = [_record(turn, rows.get(item.job_id), item, registry) for item in finished]

@@ -320,8 +320,7 @@ class Worker:
 def task_for(job: Job, storage: Storage, registry: Registry, scratch: Path) -> Task:
     """The plain-data description of the attempt a claimed job is about to make."""
     spec = registry.get(job.handler)
-    return Task(job_id=job.id, handler=job.handler, attempt=job.attempts,
-                path=str(storage.path(job.storage_key)), filename=job.filename,
-                content_type=job.content_type, size=job.size, sha256=job.sha256,
-                artifacts_dir=str(storage.artifacts_dir(job.storage_key)),
+    original, artifacts = storage.locations(job.storage_key)
+    return Task(job_id=job.id, handler=job.handler, attempt=job.attempts, path=original, filename=job.filename,
+                content_type=job.content_type, size=job.size, sha256=job.sha256, artifacts_dir=artifacts,
                 scratch_root=str(scratch), timeout=spec.timeout if spec else DEFAULT_TIMEOUT)
