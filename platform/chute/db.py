@@ -137,13 +137,22 @@ class Direct:
             if name not in self.names and name in processors and value is not None:
                 self.base[name] = processors[name](value)
         self.processors = [(name, processors.get(name)) for name in self.names]
+        #: positional drivers (SQLite): per slot, either a fixed value or (name, processor) to look up
+        variable = set(self.names)
+        self.plan = [((name, processors.get(name)), None) if name in variable else (None, self.base[name])
+                     for name in self.order or []]
 
     def params(self, values: dict[str, Any]) -> Any:
+        if self.order is not None:  # the hot path: one list, built in one pass
+            return [value if slot is None else
+                    (slot[1](values[slot[0]]) if slot[1] is not None and values[slot[0]] is not None
+                     else values[slot[0]])
+                    for slot, value in self.plan]
         raw = dict(self.base)
         for name, process in self.processors:
             value = values[name]
             raw[name] = process(value) if process is not None and value is not None else value
-        return [raw[name] for name in self.order] if self.order is not None else raw
+        return raw
 
     def run(self, cursor: Any, rows: Sequence[dict[str, Any]]) -> int:
         """Execute once per row on a DBAPI cursor; returns the rows changed."""
