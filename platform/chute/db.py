@@ -68,6 +68,8 @@ class Database:
         relaxed = writer.execution_options(sqlite_sync="NORMAL") if self.is_sqlite else writer
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(writer, expire_on_commit=False)
+        #: for hot paths that need a transaction but no Session (see ``Direct``)
+        self.writer = writer
         self._relaxed = sessionmaker(relaxed, expire_on_commit=False)
 
     @contextmanager
