@@ -52,16 +52,17 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[str]: JSON}
 
 
-def _status_enum() -> Enum:
-    return Enum(JobStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e],
-                validate_strings=True, name="job_status")
+def status_column(kind: type[enum.Enum], name: str) -> Enum:
+    """A str enum stored as its values in a short VARCHAR (no native ENUM type to migrate)."""
+    return Enum(kind, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e],
+                validate_strings=True, name=name)
 
 
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    status: Mapped[JobStatus] = mapped_column(_status_enum())
+    status: Mapped[JobStatus] = mapped_column(status_column(JobStatus, "job_status"))
     filename: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(255))
     #: what the client said and what the extension says, beside what the bytes say
@@ -127,11 +128,6 @@ class DeliveryStatus(str, enum.Enum):
     FAILED = "failed"
 
 
-def _delivery_status_enum() -> Enum:
-    return Enum(DeliveryStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e],
-                validate_strings=True, name="delivery_status")
-
-
 class Delivery(Base):
     """One email: a (job, event, recipient) of one run of the job, with its state and a stable Message-ID.
 
@@ -147,7 +143,7 @@ class Delivery(Base):
     recipient: Mapped[str] = mapped_column(String(320))
     #: 1 for the job's first outcome, 2 after an operator re-runs it and it ends again, …
     run: Mapped[int] = mapped_column(Integer, default=1)
-    status: Mapped[DeliveryStatus] = mapped_column(_delivery_status_enum())
+    status: Mapped[DeliveryStatus] = mapped_column(status_column(DeliveryStatus, "delivery_status"))
     #: tries so far (counted when a notifier claims the row; given back when it never got to send)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
