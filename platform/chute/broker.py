@@ -1,4 +1,5 @@
-"""kombu: connections, the work and dead-letter queues, and publishing with confirms in batches."""
+"""RabbitMQ through kombu: connections, the work and dead-letter queues, and publishing with confirms
+in batches. (The consuming side is ``chute.sources.amqp``.)"""
 
 from __future__ import annotations
 
@@ -6,14 +7,12 @@ import json
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from kombu.connection import Connection
 from kombu.entity import Queue
 
-from chute import embedded
 from chute.errors import BrokerUnavailable
 
 log = logging.getLogger("chute.broker")
@@ -26,15 +25,11 @@ def job_message(job_id: str) -> bytes:
 
 
 class Broker:
-    """Where messages go: RabbitMQ (``amqp://``), the embedded transport (``filesystem://DIR``),
-    or ``memory://`` for a single process."""
+    """A RabbitMQ server (``amqp://``) and the queues Chute uses on it."""
 
     def __init__(self, url: str, queue_type: str = "quorum", prefix: str = "chute") -> None:
         self.url = url
-        parts = urlsplit(url)
-        self.scheme = parts.scheme
-        self.is_amqp = self.scheme in {"amqp", "amqps", "pyamqp"}
-        self.embedded_root = Path(parts.netloc + parts.path) if self.scheme == "filesystem" else None
+        self.is_amqp = urlsplit(url).scheme in {"amqp", "amqps", "pyamqp"}
         arguments = {"x-queue-type": queue_type} if self.is_amqp else {}
         self.work = f"{prefix}.work"
         self.dead = f"{prefix}.dead"
@@ -42,9 +37,6 @@ class Broker:
         self.dead_queue = Queue(self.dead, routing_key=self.dead, durable=True, queue_arguments=arguments)
 
     def connection(self) -> Connection:
-        if self.embedded_root is not None:
-            return Connection(transport=embedded.Transport,
-                              transport_options={"root": str(self.embedded_root.resolve())})
         return Connection(self.url, connect_timeout=CONNECT_TIMEOUT, heartbeat=30,
                           transport_options={"confirm_publish": False})
 
@@ -52,14 +44,6 @@ class Broker:
         channel = conn.default_channel
         for queue in (self.work_queue, self.dead_queue):
             queue.bind(channel).declare()
-
-    def queued_job_ids(self) -> set[str] | None:
-        """Embedded transport only: the jobs that have a message; None where the broker cannot say."""
-        return embedded.queued_job_ids(self.embedded_root.resolve()) if self.embedded_root else None
-
-    def recover_orphans(self) -> int:
-        """Embedded transport only: hand back messages held by dead processes."""
-        return embedded.recover_orphans(self.embedded_root.resolve()) if self.embedded_root else 0
 
     def ping(self) -> None:
         conn = self.connection()
@@ -80,8 +64,8 @@ class Broker:
 
 
 class Publisher:
-    """One connection, reused; ``publish`` returns once the broker has every message (confirms on
-    RabbitMQ, fsync on the embedded transport) or raises ``BrokerUnavailable``. Thread-safe."""
+    """One connection, reused; ``publish`` returns once the broker has every message (publisher
+    confirms) or raises ``BrokerUnavailable``. Thread-safe."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker

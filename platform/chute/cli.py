@@ -60,9 +60,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     worker = rt.worker(concurrency)
     thread = threading.Thread(target=worker.run, name="chute-worker", daemon=True)
     thread.start()
-    typer.echo(f"chute: serving on http://{host}:{port} (docs at /docs); broker {rt.broker.safe_url}, "
-               f"database {rt.db.engine.url.render_as_string(hide_password=True)}; mail via {notifier.describe}",
-               err=True)
+    typer.echo(f"chute: serving on http://{host}:{port} (docs at /docs); jobs queue in {rt.describe_queue}; "
+               f"mail via {notifier.describe}", err=True)
     try:
         uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
     finally:
@@ -91,7 +90,7 @@ def worker(concurrency: Annotated[int | None, typer.Option(help="handler process
     """A worker: consumes jobs, runs handlers, records results, sends the emails. Run as many as you like."""
     rt = _runtime()
     w = rt.worker(concurrency)
-    rt.outbox.start()  # due retries and expired leases are published from here too
+    rt.relay.start()  # due retries and expired leases are handed on from here too
     notifier = _start_notifier(rt)
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -108,7 +107,7 @@ def worker(concurrency: Annotated[int | None, typer.Option(help="handler process
     try:
         w.run()
     finally:
-        rt.outbox.stop()
+        rt.relay.stop()
         notifier.stop()
         rt.close()
 

@@ -68,7 +68,7 @@ class Database:
         relaxed = writer.execution_options(sqlite_sync="NORMAL") if self.is_sqlite else writer
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(writer, expire_on_commit=False)
-        #: for hot paths that need a transaction but no Session (see ``Direct``)
+        #: for hot paths that need a transaction but no Session (see ``CursorStatement``)
         self.writer = writer
         self._relaxed = sessionmaker(relaxed, expire_on_commit=False)
 
@@ -119,7 +119,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
-class Direct:
+class CursorStatement:
     """A statement compiled once and run on a DBAPI cursor. For the statements on every message's path
     only: there SQLAlchemy's per-execution bookkeeping cost several times SQLite's own work (measured:
     ~140 µs against ~20 µs for a mark's transaction).

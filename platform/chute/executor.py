@@ -4,6 +4,7 @@ cannot), a segfaulting parser takes down only its own process, and CPU-bound han
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import multiprocessing
 import queue
 from collections.abc import Callable
@@ -14,8 +15,10 @@ from pebble import ProcessExpired, ProcessPool
 
 from chute.errors import HandlerCrashed, HandlerTimeout
 from chute.registry import Registry
-from chute.runner import AttemptResult, Task, error_info, init_child, run_in_child, run_spec
+from chute.runner import Task, error_info, init_child, run_in_child, run_spec
+from chute.status import AttemptResult, Outcome
 
+log = logging.getLogger("chute.executor")
 Done = Callable[[Task, AttemptResult], None]
 
 
@@ -43,17 +46,18 @@ class ProcessExecutor:
         except concurrent.futures.TimeoutError:
             exc: Exception = HandlerTimeout(f"{task.handler} ran past its timeout of {task.timeout:g}s "
                                             "and was stopped")
-            return AttemptResult("timeout", error=error_info(exc, tb=False), duration=task.timeout,
-                                 retryable=spec.retry.covers(HandlerTimeout) if spec else True)
+            return AttemptResult(Outcome.TIMEOUT, error=error_info(exc, tb=False), duration=task.timeout,
+                                 covered=spec.retry.covers(HandlerTimeout) if spec else True)
         except ProcessExpired as expired:
             exc = HandlerCrashed(f"the process running {task.handler} died (exit code {expired.exitcode})")
-            return AttemptResult("crashed", error=error_info(exc, tb=False),
-                                 retryable=spec.retry.covers(HandlerCrashed) if spec else True)
+            return AttemptResult(Outcome.CRASHED, error=error_info(exc, tb=False),
+                                 covered=spec.retry.covers(HandlerCrashed) if spec else True)
         except concurrent.futures.CancelledError:
             exc = HandlerCrashed("the attempt was cancelled before it finished")
-            return AttemptResult("crashed", error=error_info(exc, tb=False), retryable=True)
+            return AttemptResult(Outcome.CRASHED, error=error_info(exc, tb=False), covered=True)
         except Exception as exc:  # pickling or pool failure: report it as the attempt's error
-            return AttemptResult("error", error=error_info(exc), retryable=True)
+            log.exception("running %s on job %s failed outside the handler", task.handler, task.job_id)
+            return AttemptResult(Outcome.ERROR, error=error_info(exc), covered=True)
 
     def close(self, wait: bool) -> None:
         if wait:
@@ -72,7 +76,7 @@ class InlineExecutor:
     def submit(self, task: Task, done: Done) -> None:
         spec = self.registry.get(task.handler)
         if spec is None:
-            result = AttemptResult("error", retryable=True, error={
+            result = AttemptResult(Outcome.ERROR, covered=True, error={
                 "type": "UnknownHandler", "traceback": "", "message": f"no handler named {task.handler!r}"})
         else:
             result = run_spec(spec, task, thread_timeout=True)
@@ -85,11 +89,14 @@ class InlineExecutor:
 class ResultQueue:
     """Finished attempts, handed from executor threads to the worker's own thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_put: Callable[[], None] | None = None) -> None:
         self._queue: queue.SimpleQueue[tuple[Task, AttemptResult]] = queue.SimpleQueue()
+        self._on_put = on_put
 
     def put(self, task: Task, result: AttemptResult) -> None:
         self._queue.put((task, result))
+        if self._on_put is not None:
+            self._on_put()
 
     def take_all(self, block_for: float = 0.0) -> list[tuple[Task, AttemptResult]]:
         items = []

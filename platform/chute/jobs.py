@@ -1,4 +1,12 @@
-"""Every read and write of job rows: the lifecycle's decisions, made durable in batches."""
+"""The job service: every read and write of job rows, the lifecycle's decisions made durable.
+
+``dispatch_at`` is the queue. A job is due to a worker when its ``dispatch_at`` has come: at once for
+an upload on the database source, after the publish grace on RabbitMQ (the API publishes at once; the
+relay publishes only what that missed), at ``next_attempt_at`` for a retry, and at once when the relay
+finds a lease expired. Starting an attempt clears it; so does an outcome, but for a retry's time. On
+RabbitMQ a published job keeps a re-check time, so a message lost in the broker is published again.
+On the database source a fetched row is reserved by pushing it forward, so two workers never claim
+the same one and a worker that dies between fetch and claim only delays it."""
 
 from __future__ import annotations
 
@@ -15,26 +23,27 @@ from sqlalchemy import Select, Table, and_, bindparam, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from chute import lifecycle
-from chute.db import Database, Direct
+from chute.db import CursorStatement, Database
 from chute.errors import InvalidTransition, JobNotFound
 from chute.lifecycle import Claim
 from chute.models import Attempt, Job, JobStatus, utcnow
 from chute.registry import Registry
-from chute.transitions import Claimed as Claimed  # re-exported: the worker's vocabulary
-from chute.transitions import Delivery as Delivery
-from chute.transitions import Finished as Finished
-from chute.transitions import Recorded as Recorded
-from chute.transitions import take_turn
+from chute.sources import JobMessage
+from chute.status import Outcome
+from chute.turns import Claimed, Finished, Recorded, record_and_claim
 
 log = logging.getLogger("chute.jobs")
 S = JobStatus
 JOBS: Table = Job.__table__  # type: ignore[assignment]
 _COLUMNS = [c.name for c in JOBS.c]
-_INSERT: dict[str, Direct] = {}  # per dialect, compiled once
-#: a job to publish and the ``dispatch_at`` it was due at (the token that marks it sent)
+_INSERT: dict[str, CursorStatement] = {}  # per dialect, compiled once
+#: a job to publish and the ``dispatch_at`` it was due at (the token that marks it published)
 Due = tuple[str, datetime]
 #: called inside the transaction that moves a job to a terminal state: (session, job, event)
 TransitionHook = Callable[[Session, Job, str], None]
+Clock = Callable[[], datetime]
+#: the most rows the relay republishes in one statement batch
+__all__ = ["Claimed", "Clock", "Due", "Finished", "JobService", "Recorded", "TransitionHook", "new_job_id"]
 
 
 def new_job_id() -> str:
@@ -50,23 +59,25 @@ def _logfmt(**fields: Any) -> str:
     return " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
 
 
-class JobStore:
-    """The job table's operations; each public method is one committed transaction."""
+class JobService:
+    """The job table's operations; each public method is one committed transaction. ``clock`` is the
+    time every rule sees (the testing kit moves it on to skip retry delays)."""
 
-    def __init__(self, db: Database, hooks: Sequence[TransitionHook] = ()) -> None:
+    def __init__(self, db: Database, hooks: Sequence[TransitionHook] = (), clock: Clock = utcnow) -> None:
         self.db = db
         self.hooks = list(hooks)
+        self.now = clock
 
     # --- the API side -------------------------------------------------------------------------
     def insert(self, rows: Sequence[dict[str, Any]]) -> None:
-        """One durable transaction for many uploads, straight on the DBAPI cursor (``Direct``): on the
+        """One durable transaction for many uploads, straight on the DBAPI cursor (``CursorStatement``): on the
         upload path SQLAlchemy's per-execution bookkeeping would cost more than SQLite's own work."""
         if not rows:
             return
         with self.db.writer.begin() as conn:
             direct = _INSERT.get(conn.dialect.name)
             if direct is None:
-                direct = _INSERT[conn.dialect.name] = Direct(
+                direct = _INSERT[conn.dialect.name] = CursorStatement(
                     insert(JOBS).values({c.name: bindparam(f"b_{c.name}") for c in JOBS.c}), conn.dialect)
             cursor = conn.connection.cursor()
             try:
@@ -103,18 +114,9 @@ class JobStore:
         jobs = jobs[:limit]
         return jobs, encode_cursor(jobs[-1]) if more else None
 
-    def mark_dispatched(self, due: Sequence[Due]) -> None:
-        """The broker has these messages: the relay need not send them again. A row whose
-        ``dispatch_at`` has moved on since (a retry scheduled meanwhile) keeps its new one."""
-        if due:
-            statement = (update(JOBS).where(JOBS.c.id == bindparam("job_id"), JOBS.c.dispatch_at == bindparam("due_at"))
-                         .values(dispatch_at=None))
-            with self.db.write() as session:
-                session.connection().execute(statement, [{"job_id": j, "due_at": d} for j, d in due])
-
     def retry_failed(self, job_id: str, policy_attempts: int | None = None) -> Job:
         """An operator re-runs a failed job: attempts start again from zero."""
-        now = utcnow()
+        now = self.now()
         with self.db.write() as session:
             job = session.scalars(_locked(self.db, select(Job).where(Job.id == job_id))).first()
             if job is None:
@@ -130,26 +132,18 @@ class JobStore:
         return cast(Job, job)
 
     # --- the worker side ----------------------------------------------------------------------
-    def claim(self, deliveries: Sequence[Delivery], worker: str, lease: float) -> list[Claimed]:
-        """Start an attempt for every delivery the lifecycle allows, in one transaction."""
-        return self.step([], deliveries, worker, None, lease)[1]
-
-    def record(self, finished: Sequence[Finished], worker: str, registry: Registry) -> list[Recorded]:
-        """Store how each attempt ended and move its job on, in one transaction."""
-        return self.step(finished, [], worker, registry, 0.0)[0]
-
-    def step(self, finished: Sequence[Finished], deliveries: Sequence[Delivery], worker: str,
-             registry: Registry | None, lease: float) -> tuple[list[Recorded], list[Claimed]]:
-        """Record finished attempts and claim new deliveries in one transaction: one commit per turn.
+    def record_and_claim(self, finished: Sequence[Finished], messages: Sequence[JobMessage], worker: str,
+                         registry: Registry | None, lease: float) -> tuple[list[Recorded], list[Claimed]]:
+        """Record finished attempts and claim fetched messages in one transaction: one commit per turn.
 
         A claim is durable (fsynced): an attempt must never go uncounted. A transaction that only records
         outcomes is not fsynced on SQLite: a power cut may roll it back, leaving the job ``running`` on
         a lease that expires and runs it again, which at-least-once allows."""
-        if not finished and not deliveries:
+        if not finished and not messages:
             return [], []
-        with self.db.write(durable=bool(deliveries)) as session:
-            recorded, claimed = take_turn(session, not self.db.is_sqlite, finished, deliveries, worker, registry,
-                                          lease, utcnow(), self.hooks)
+        with self.db.write(durable=bool(messages)) as session:
+            recorded, claimed = record_and_claim(session, not self.db.is_sqlite, finished, messages, worker,
+                                                 registry, lease, self.now(), self.hooks)
         self._log_records(finished, recorded)
         self._log_claims(claimed, worker)
         return recorded, claimed
@@ -170,18 +164,18 @@ class JobStore:
             job, t = rec.job, rec.transition
             if t is None or job is None:
                 log.warning(_logfmt(event="stale", job=item.job_id, attempt=item.attempt,
-                                    note="the job was taken back by another worker; this outcome is dropped"))
+                                    note="another worker took the job over; its own attempt decides"))
                 continue
             error = item.result.error or {}
             log.info(_logfmt(event="attempt", job=job.id, handler=job.handler,
-                             attempt=f"{item.attempt}/{job.max_attempts}", outcome=item.result.outcome,
+                             attempt=f"{item.attempt}/{job.max_attempts}", outcome=item.result.outcome.value,
                              status=t.status.value, duration_ms=round(item.result.duration * 1000),
                              retry_in=f"{t.delay:.2f}s" if t.delay is not None else None,
                              error=error.get("type")))
 
     def hand_back(self, items: Sequence[tuple[str, int]], worker: str) -> None:
         """Shutdown: attempts we could not finish go back to pending, not counted against the job."""
-        now = utcnow()
+        now = self.now()
         with self.db.write() as session:
             for job_id, attempt in items:
                 job = session.get(Job, job_id)
@@ -193,7 +187,7 @@ class JobStore:
                 job.updated_at = job.dispatch_at = now
                 session.execute(update(Attempt).where(Attempt.job_id == job_id, Attempt.number == attempt,
                                                       Attempt.finished_at.is_(None))
-                                .values(finished_at=now, outcome="interrupted"))
+                                .values(finished_at=now, outcome=Outcome.INTERRUPTED.value))
                 log.info(_logfmt(event="handed-back", job=job_id, attempt=attempt, status="pending"))
 
     def heartbeat(self, job_ids: Sequence[str], worker: str, lease: float) -> None:
@@ -201,7 +195,7 @@ class JobStore:
             with self.db.write() as session:
                 session.execute(update(Job).where(Job.id.in_(job_ids), Job.lease_owner == worker,
                                                   Job.status == S.RUNNING)
-                                .values(lease_expires_at=utcnow() + timedelta(seconds=lease)))
+                                .values(lease_expires_at=self.now() + timedelta(seconds=lease)))
 
     def counts(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
         """(handler, status, jobs) and (handler, outcome, attempts): what /metrics reports."""
@@ -214,40 +208,86 @@ class JobStore:
                                        .group_by(Job.handler, Attempt.outcome))
             return by_status, [(h, o, n) for h, o, n in attempts if o is not None]
 
+    # --- the database as the queue -----------------------------------------------------------
+    def reserve(self, limit: int, visibility: float) -> list[Due]:
+        """Take up to ``limit`` due jobs off the queue for one worker: their ``dispatch_at`` moves
+        ``visibility`` seconds on (the token the worker's claim or requeue goes by). ``SKIP LOCKED`` on
+        PostgreSQL and ``BEGIN IMMEDIATE`` on SQLite keep two workers from taking the same row. A read
+        comes first, so an idle poll takes no write lock."""
+        now = self.now()
+        with self.db.read() as session:
+            if session.scalar(select(JOBS.c.id).where(JOBS.c.dispatch_at <= now).limit(1)) is None:
+                return []
+        until = now + timedelta(seconds=visibility)
+        due = select(JOBS.c.id).where(JOBS.c.dispatch_at <= now).order_by(JOBS.c.dispatch_at).limit(limit)
+        if not self.db.is_sqlite:
+            due = due.with_for_update(skip_locked=True)
+        with self.db.write(durable=False) as session:
+            ids = session.execute(update(JOBS).where(JOBS.c.id.in_(due.scalar_subquery()))
+                                  .values(dispatch_at=until).returning(JOBS.c.id)).scalars().all()
+        return [(job_id, until) for job_id in ids]
+
+    def release(self, reserved: Sequence[Due]) -> None:
+        """Reserved jobs that were not claimed are due again at once (unless a claim moved them on)."""
+        if reserved:
+            now = self.now()
+            statement = (update(JOBS).where(JOBS.c.id == bindparam("b_id"), JOBS.c.dispatch_at == bindparam("b_at"))
+                         .values(dispatch_at=now))
+            with self.db.write(durable=False) as session:
+                session.connection().execute(statement, [{"b_id": j, "b_at": at} for j, at in reserved])
+
+    def next_due(self) -> datetime | None:
+        """When the next job falls due (now or later), or None when nothing waits."""
+        with self.db.read() as session:
+            due: datetime | None = session.scalar(select(func.min(JOBS.c.dispatch_at)))
+            return due
+
     # --- the relay side -----------------------------------------------------------------------
-    def due(self, limit: int, lease: float) -> list[Due]:
-        """Jobs to (re)publish now: never published, retry due, or running on an expired lease."""
-        now = utcnow()
+    def expire_leases(self) -> list[str]:
+        """Running jobs whose worker stopped renewing the lease are made due again, so some worker's
+        claim takes them over (the claim decides, by ``lifecycle.lease_expired``, which this query mirrors
+        in SQL). The owner is left as it is: a worker that was only slow still records its outcome, unless
+        another worker has claimed the job by then."""
+        now = self.now()
+        with self.db.read() as session:
+            if session.scalar(select(JOBS.c.id).where(JOBS.c.status == S.RUNNING, JOBS.c.lease_expires_at <= now,
+                                                      JOBS.c.dispatch_at.is_(None)).limit(1)) is None:
+                return []
         with self.db.write() as session:
             expired = session.execute(
-                update(Job).where(Job.status == S.RUNNING, Job.lease_expires_at <= now)
-                .values(lease_owner=None, lease_expires_at=now + timedelta(seconds=lease), dispatch_at=now)
-                .returning(Job.id)).scalars().all()
-            for job_id in expired:
-                log.warning(_logfmt(event="lease-expired", job=job_id, note="its worker stopped answering; "
-                                    "sending it again"))
-            rows = session.execute(select(Job.id, Job.dispatch_at).where(Job.dispatch_at <= now)
-                                   .order_by(Job.dispatch_at).limit(limit))
-            return [(job_id, dispatch_at) for job_id, dispatch_at in rows if dispatch_at is not None]
+                update(JOBS).where(JOBS.c.status == S.RUNNING, JOBS.c.lease_expires_at <= now,
+                                   JOBS.c.dispatch_at.is_(None))
+                .values(dispatch_at=now).returning(JOBS.c.id)).scalars().all()
+        for job_id in expired:
+            log.warning(_logfmt(event="lease-expired", job=job_id, note="its worker stopped renewing the lease; "
+                                "it is due again"))
+        return list(expired)
 
-    def resend_stranded(self, queued: Callable[[], set[str]]) -> list[str]:
-        """Queued jobs whose message is gone (the embedded broker after a power cut) are sent again.
-
-        ``queued`` lists the jobs the broker holds; it is called after the database is read, so a
-        message published in between is seen, and the guarded update skips any job that moved on."""
-        waiting = [S.PENDING, S.RETRYING]
+    def due(self, limit: int) -> list[Due]:
+        """Jobs to publish now (RabbitMQ): never published, a retry due, a lease expired, or published
+        long enough ago that the message may be lost."""
+        now = self.now()
         with self.db.read() as session:
-            candidates = set(session.scalars(select(Job.id).where(Job.status.in_(waiting), Job.dispatch_at.is_(None))))
-        lost = sorted(candidates - queued())
-        if lost:
-            with self.db.write() as session:
-                session.execute(update(Job).where(Job.id.in_(lost), Job.status.in_(waiting), Job.dispatch_at.is_(None))
-                                .values(dispatch_at=utcnow()))
-            log.warning(_logfmt(event="resend", jobs=len(lost), note="their messages were missing from the broker"))
-        return lost
+            rows = session.execute(select(JOBS.c.id, JOBS.c.dispatch_at).where(JOBS.c.dispatch_at <= now)
+                                   .order_by(JOBS.c.dispatch_at).limit(limit))
+            return [(job_id, dispatch_at) for job_id, dispatch_at in rows]
 
-    # --- helpers ------------------------------------------------------------------------------
-
+    def mark_published(self, due: Sequence[Due], grace: float) -> None:
+        """The broker has these messages. Each job is looked at again after ``lifecycle.recheck_after``
+        (if it has not started by then, its message is published again). A row whose ``dispatch_at``
+        moved on meanwhile (a claim, an outcome) keeps what it has."""
+        if not due:
+            return
+        now = self.now()
+        with self.db.read() as session:
+            ages = dict(session.execute(select(JOBS.c.id, JOBS.c.updated_at)
+                                        .where(JOBS.c.id.in_([job_id for job_id, _ in due]))).all())
+        params = [{"b_id": job_id, "b_at": at, "b_next": now + timedelta(seconds=lifecycle.recheck_after(
+                    (now - ages[job_id]).total_seconds(), grace))} for job_id, at in due if job_id in ages]
+        statement = (update(JOBS).where(JOBS.c.id == bindparam("b_id"), JOBS.c.dispatch_at == bindparam("b_at"))
+                     .values(dispatch_at=bindparam("b_next")))
+        with self.db.write(durable=False) as session:
+            session.connection().execute(statement, params)
 
 
 def encode_cursor(job: Job) -> str:

@@ -1,6 +1,7 @@
 """The job state machine as pure functions: (job, outcome, policy, now) → the next state.
 
-No broker, no database, no clock of its own: a unit test drives every rule directly."""
+No broker, no database, no clock of its own: a unit test drives every rule directly. It imports only
+the leaf modules ``status``, ``retry`` and ``errors``."""
 
 from __future__ import annotations
 
@@ -12,20 +13,23 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from chute.errors import InvalidTransition
-from chute.models import JobStatus
 from chute.retry import RetryPolicy
-from chute.runner import AttemptResult
+from chute.status import AttemptResult, JobStatus, Outcome
 
 S = JobStatus
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
-    S.PENDING: frozenset({S.RUNNING, S.FAILED}),
+    S.PENDING: frozenset({S.RUNNING, S.FAILED, S.CANCELLED}),
     # RUNNING → RUNNING: another worker takes back a job whose worker died; → PENDING: handed back on shutdown
     S.RUNNING: frozenset({S.PROCESSED, S.RETRYING, S.FAILED, S.RUNNING, S.PENDING}),
-    S.RETRYING: frozenset({S.RUNNING, S.FAILED}),
+    S.RETRYING: frozenset({S.RUNNING, S.FAILED, S.CANCELLED}),
     S.FAILED: frozenset({S.PENDING}),  # an operator re-runs it
     S.PROCESSED: frozenset(),
+    S.CANCELLED: frozenset(),
 }
-TERMINAL = frozenset({S.PROCESSED, S.FAILED})
+#: states a job never leaves on its own (``failed`` only by an operator's re-run)
+TERMINAL = frozenset({S.PROCESSED, S.FAILED, S.CANCELLED})
+#: outcomes that end the job whatever the policy says: the file can never be processed
+NEVER_RETRIED = frozenset({Outcome.REJECTED, Outcome.INVALID})
 
 
 def check(old: JobStatus, new: JobStatus) -> None:
@@ -42,12 +46,11 @@ class JobState:
     max_attempts: int
     next_attempt_at: datetime | None = None
     lease_expires_at: datetime | None = None
-    #: None on a running job means the relay found its lease expired and put it up for grabs
     lease_owner: str | None = None
 
 
 class Claim(enum.Enum):
-    #: run it: this delivery starts attempt ``attempts + 1``
+    #: run it: this message starts attempt ``attempts + 1``
     RUN = "run"
     #: nothing to do (done already, running elsewhere, or not due yet): acknowledge and drop the message
     SKIP = "skip"
@@ -55,19 +58,23 @@ class Claim(enum.Enum):
     EXHAUSTED = "exhausted"
 
 
-def claim(job: JobState, now: datetime, redelivered: bool = False) -> Claim:
-    """Whether a delivered message may start an attempt.
+def lease_expired(job: JobState, now: datetime) -> bool:
+    """The one rule for a lease: a running job whose owner has not renewed it by now is up for grabs.
+    The relay uses it to make such a job due again; a claim uses it to take the job over."""
+    return job.status is S.RUNNING and (job.lease_expires_at is None or job.lease_expires_at <= now)
 
-    A ``running`` job is taken back when its lease has expired (or the relay released it), or when
-    the broker redelivers the message (it does so only after the consumer holding it went away)."""
+
+def claim(job: JobState, now: datetime, redelivered: bool = False) -> Claim:
+    """Whether a fetched message may start an attempt.
+
+    A ``running`` job is taken back when its lease has expired, or when RabbitMQ redelivers its
+    message (it does so only after the consumer holding it went away)."""
     if job.status in TERMINAL:
         return Claim.SKIP
     if job.status is S.RETRYING and job.next_attempt_at is not None and job.next_attempt_at > now:
         return Claim.SKIP
-    if job.status is S.RUNNING:
-        expired = job.lease_owner is None or job.lease_expires_at is None or job.lease_expires_at <= now
-        if not (expired or redelivered):
-            return Claim.SKIP
+    if job.status is S.RUNNING and not (lease_expired(job, now) or redelivered):
+        return Claim.SKIP
     if job.attempts >= job.max_attempts:
         return Claim.EXHAUSTED
     return Claim.RUN
@@ -89,10 +96,12 @@ class Transition:
 
 def after_attempt(job: JobState, attempt: AttemptResult, policy: RetryPolicy, now: datetime,
                   rand: Callable[[], float] = random.random) -> Transition:
-    """Where a job goes once attempt number ``job.attempts`` has ended with ``attempt``."""
-    if attempt.outcome == "processed":
+    """Where a job goes once attempt number ``job.attempts`` has ended with ``attempt``: processed; or
+    retried when the error is one the policy covers and attempts are left; otherwise failed."""
+    if attempt.outcome is Outcome.PROCESSED:
         return Transition(S.PROCESSED, event="processed")
-    if attempt.retryable and job.attempts < job.max_attempts:
+    retried = attempt.covered and attempt.outcome not in NEVER_RETRIED
+    if retried and job.attempts < job.max_attempts:
         delay = policy.delay(job.attempts, rand)
         return Transition(S.RETRYING, next_attempt_at=now + timedelta(seconds=delay), delay=delay)
     return Transition(S.FAILED, event="failed", dead_letter=True)
@@ -102,3 +111,10 @@ def lost_attempt_error(attempt: int) -> dict[str, Any]:
     return {"type": "WorkerLost", "traceback": "",
             "message": f"the worker running attempt {attempt} stopped before recording it "
                        "(killed, out of memory, or crashed)"}
+
+
+def recheck_after(age: float, grace: float) -> float:
+    """How long after publishing a job's message the relay publishes it again if the job has not
+    started (the message may have been lost): the job's age, at least ``grace``. The gaps double, so a
+    long backlog costs a few duplicate messages per job, never a stream of them."""
+    return max(grace, age)

@@ -11,6 +11,10 @@ from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, Integer, String,
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from chute.status import JobStatus
+
+__all__ = ["Attempt", "Base", "Delivery", "DeliveryStatus", "Job", "JobStatus", "UTCDateTime", "utcnow"]
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -31,21 +35,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return value.replace(tzinfo=UTC) if value is not None else None
-
-
-class JobStatus(str, enum.Enum):
-    """Where a job stands; see lifecycle.py for the moves between them."""
-
-    #: accepted and stored, waiting for a worker
-    PENDING = "pending"
-    #: a worker holds the lease and runs the handler
-    RUNNING = "running"
-    #: an attempt failed; the next one is due at ``next_attempt_at``
-    RETRYING = "retrying"
-    #: the handler returned; ``result`` holds what it returned
-    PROCESSED = "processed"
-    #: rejected, or out of attempts; ``error`` says why
-    FAILED = "failed"
 
 
 class Base(DeclarativeBase):
@@ -81,7 +70,8 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime | None]
-    #: outbox: when the job is due to be (re)published to the broker; NULL once it has been
+    #: when the job is next due to a worker: its message published (RabbitMQ) or its row fetched (the
+    #: database as the queue); NULL while it runs or once it has ended. See ``jobs.py``.
     dispatch_at: Mapped[datetime | None]
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]

@@ -9,12 +9,15 @@ from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 RETRY_ATTR = "__chute_retry__"
+#: the most jitter adds, as a fraction of the least wait: spreads retries of a burst of failures apart
+JITTER = 0.25
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """``attempts`` counts every run, the first included; delays double from ``backoff`` up to
-    ``max_backoff`` seconds; ``jitter`` spreads each delay over its upper half; only exceptions
+    """``attempts`` counts every run, the first included; the wait after attempt *n* is at least
+    ``backoff·2ⁿ⁻¹`` capped at ``max_backoff``; ``jitter`` only adds to it (up to a quarter more, never
+    past ``max_backoff``), so ``backoff`` is the least wait an author can count on; only exceptions
     that are instances of ``on`` are retried."""
 
     attempts: int = 3
@@ -30,9 +33,9 @@ class RetryPolicy:
             raise ValueError("backoff and max_backoff must not be negative")
 
     def delay_bounds(self, attempt: int) -> tuple[float, float]:
-        """The (lowest, highest) wait after failed attempt number ``attempt`` (1-based)."""
-        ceiling = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-        return (ceiling / 2 if self.jitter else ceiling, ceiling)
+        """The (least, most) wait after failed attempt number ``attempt`` (1-based)."""
+        least = min(self.max_backoff, self.backoff * 2 ** min(attempt - 1, 64))
+        return (least, min(self.max_backoff, least * (1 + JITTER)) if self.jitter else least)
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         low, high = self.delay_bounds(attempt)

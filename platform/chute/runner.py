@@ -10,13 +10,14 @@ import shutil
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from chute.context import Context, Upload, job_logger
 from chute.errors import HandlerTimeout, InvalidResult, Reject
 from chute.registry import HandlerSpec, Registry, load_handlers
+from chute.status import AttemptResult, Outcome
 
 TRACEBACK_LINES = 25
 
@@ -36,17 +37,6 @@ class Task:
     artifacts_dir: str
     scratch_root: str
     timeout: float
-
-
-@dataclass
-class AttemptResult:
-    #: processed | error | rejected | timeout | crashed | invalid
-    outcome: str
-    result: Any = None
-    error: dict[str, Any] | None = None
-    retryable: bool = False
-    artifacts: list[str] = field(default_factory=list)
-    duration: float = 0.0
 
 
 def error_info(exc: BaseException, tb: bool = True) -> dict[str, Any]:
@@ -81,17 +71,17 @@ def run_spec(spec: HandlerSpec, task: Task, thread_timeout: bool = False) -> Att
     started = time.monotonic()
     try:
         result = to_json(invoke(spec, upload, ctx, task.timeout, thread_timeout))
-        return AttemptResult("processed", result, artifacts=list(ctx.artifacts),
+        return AttemptResult(Outcome.PROCESSED, result, artifacts=list(ctx.artifacts),
                              duration=time.monotonic() - started)
     except Reject as exc:
-        return AttemptResult("rejected", error=error_info(exc), duration=time.monotonic() - started)
+        return AttemptResult(Outcome.REJECTED, error=error_info(exc), duration=time.monotonic() - started)
     except InvalidResult as exc:
-        return AttemptResult("invalid", error=error_info(exc, tb=False), duration=time.monotonic() - started)
+        return AttemptResult(Outcome.INVALID, error=error_info(exc, tb=False), duration=time.monotonic() - started)
     except HandlerTimeout as exc:
-        return AttemptResult("timeout", error=error_info(exc, tb=False), retryable=spec.retry.covers(HandlerTimeout),
-                             duration=time.monotonic() - started)
+        return AttemptResult(Outcome.TIMEOUT, error=error_info(exc, tb=False),
+                             covered=spec.retry.covers(HandlerTimeout), duration=time.monotonic() - started)
     except Exception as exc:
-        return AttemptResult("error", error=error_info(exc), retryable=spec.retry.covers(type(exc)),
+        return AttemptResult(Outcome.ERROR, error=error_info(exc), covered=spec.retry.covers(type(exc)),
                              duration=time.monotonic() - started)
     finally:
         shutil.rmtree(ctx.scratch, ignore_errors=True)
@@ -158,6 +148,6 @@ def run_in_child(task: Task) -> AttemptResult:
     spec = _registry.get(task.handler)
     if spec is None:
         # Likely a rolling deploy: another worker may know it, so let the policy retry.
-        return AttemptResult("error", retryable=True, error={
+        return AttemptResult(Outcome.ERROR, covered=True, error={
             "type": "UnknownHandler", "traceback": "", "message": f"no handler named {task.handler!r} here"})
     return run_spec(spec, task)

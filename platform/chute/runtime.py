@@ -1,8 +1,9 @@
-"""Wiring: settings in, the long-lived parts out (database, storage, handlers, broker, outbox, notifier)."""
+"""Wiring: settings in, the long-lived parts out (database, storage, handlers, job source, relay, notifier)."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,13 @@ from chute.broker import Broker, Publisher
 from chute.db import Database
 from chute.errors import ConfigError
 from chute.executor import Executor, ProcessExecutor
-from chute.jobs import JobStore, TransitionHook
-from chute.outbox import Outbox
+from chute.jobs import Clock, JobService, TransitionHook
+from chute.models import utcnow
 from chute.registry import Registry, load_handlers
+from chute.relay import JobPublisher, Relay
 from chute.settings import Settings
+from chute.sources import JobSource
+from chute.sources.memory import MemoryQueue
 from chute.storage import Storage
 from chute.worker import Worker
 
@@ -35,18 +39,23 @@ def configure_logging(level: str = "INFO") -> None:
 class Runtime:
     settings: Settings
     db: Database
-    store: JobStore
+    jobs: JobService
     storage: Storage
     registry: Registry
-    broker: Broker
-    outbox: Outbox
+    #: RabbitMQ, when ``CHUTE_BROKER_URL`` names it; None when the database (or memory) is the queue
+    broker: Broker | None
+    relay: Relay
     deliveries: DeliveryStore
-    #: the job store's hook that makes a delivery row per recipient when a job ends
+    #: the job service's hook that makes a delivery row per recipient when a job ends
     mail_hook: DeliveryHook
+    #: set when a job of this process is due at once (an upload, a re-run): a waiting fetch looks again
+    wakeup: threading.Event
+    #: the testing kit's in-memory queue (``CHUTE_BROKER_URL=memory://``)
+    memory: MemoryQueue | None = None
     hooks: list[TransitionHook] = field(default_factory=list)
 
     @classmethod
-    def build(cls, settings: Settings, *, migrate: bool = True, publisher: Publisher | None = None) -> Runtime:
+    def build(cls, settings: Settings, *, migrate: bool = True, clock: Clock = utcnow) -> Runtime:
         from chute.notify import DeliveryHook, DeliveryStore
 
         registry = load_handlers(settings.handlers)
@@ -60,25 +69,58 @@ class Runtime:
                                   f"{reason}") from None
         mail_hook = DeliveryHook(registry, defaults=settings.notify_default, mail_from=settings.mail_from,
                                  public_url=settings.public_url)
-        store = JobStore(db, hooks=[mail_hook])
+        jobs = JobService(db, hooks=[mail_hook], clock=clock)
         deliveries = DeliveryStore(db, attempts=settings.notify_attempts, backoff=settings.notify_backoff,
                                    max_backoff=settings.notify_max_backoff, lease=settings.notify_lease)
-        broker = Broker(settings.broker, settings.queue_type, settings.queue_prefix)
-        outbox = Outbox(store, publisher or Publisher(broker), interval=settings.relay_interval,
-                        lease=settings.lease_seconds)
-        return cls(settings, db, store, Storage(settings.files_dir), registry, broker, outbox, deliveries,
-                   mail_hook, store.hooks)
+        wakeup = threading.Event()
+        broker = memory = None
+        publisher: JobPublisher | None = None
+        if settings.queue == "amqp":
+            broker = Broker(settings.broker_url, settings.queue_type, settings.queue_prefix)
+            publisher = Publisher(broker)
+        elif settings.queue == "memory":
+            publisher = memory = MemoryQueue()
+        relay = Relay(jobs, publisher, interval=settings.relay_interval, grace=settings.publish_grace, wakeup=wakeup,
+                      threaded=memory is None)
+        return cls(settings, db, jobs, Storage(settings.files_dir), registry, broker, relay, deliveries, mail_hook,
+                   wakeup, memory, jobs.hooks)
 
     @property
     def scratch(self) -> Path:
         return self.settings.var_dir / "scratch"
 
+    @property
+    def publish_grace(self) -> float:
+        """How long a fresh upload waits before the relay publishes it itself: none when its row is the
+        message (the database source), the grace when the API publishes it at once."""
+        return 0.0 if self.settings.queue == "sql" else self.settings.publish_grace
+
+    def source(self, concurrency: int) -> JobSource:
+        from chute.sources.database import DatabaseSource
+
+        if self.broker is not None:
+            from chute.sources.amqp import AmqpSource
+
+            return AmqpSource(self.broker, concurrency)
+        if self.memory is not None:
+            return self.memory
+        return DatabaseSource(self.jobs, self.wakeup, poll=self.settings.poll_interval,
+                              visibility=self.settings.lease_seconds)
+
+    @property
+    def describe_queue(self) -> str:
+        if self.broker is not None:
+            return f"RabbitMQ at {self.broker.safe_url}"
+        if self.memory is not None:
+            return "an in-memory queue"
+        return f"the database ({self.db.engine.url.render_as_string(hide_password=True)})"
+
     def worker(self, concurrency: int | None = None, executor: Executor | None = None) -> Worker:
         concurrency = concurrency or self.settings.worker_concurrency
         executor = executor or ProcessExecutor(concurrency, self.settings.handlers, self.registry)
-        return Worker(self.store, self.broker, self.registry, self.storage, executor,
+        return Worker(self.jobs, self.source(concurrency), self.registry, self.storage, executor,
                       concurrency=concurrency, scratch=self.scratch, lease=self.settings.lease_seconds,
-                      shutdown_grace=self.settings.shutdown_grace)
+                      shutdown_grace=self.settings.shutdown_grace, describe=self.describe_queue)
 
     def notifier(self, transport: Callable[[], Transport] | None = None, *, describe: str = "",
                  reconnect_max: float = 30.0, recover_every: float = 5.0) -> Notifier:

@@ -16,7 +16,9 @@ from chute.addresses import normalize_all
 from chute.errors import ConfigError
 
 CommaList = Annotated[list[str], NoDecode]
-BROKER_SCHEMES = {"filesystem", "memory", "amqp", "amqps", "pyamqp"}
+AMQP_SCHEMES = {"amqp", "amqps", "pyamqp"}
+#: ``sql``: the database is the queue (also when unset); ``memory``: one process (the testing kit)
+BROKER_SCHEMES = {"sql", "memory", *AMQP_SCHEMES}
 SMTP_SCHEMES = {"smtp", "smtps"}
 
 
@@ -37,7 +39,8 @@ class Settings(BaseSettings):
     storage_dir: Path | None = None
     handlers: Path = Path("handlers")
     templates: Path = Path("notifications/templates")
-    outbox_dir: Path | None = None
+    #: where ``.eml`` files go when no SMTP server is configured
+    eml_dir: Path | None = None
     smtp_url: str | None = None
     smtp_timeout: float = Field(default=30.0, gt=0)
     #: check the SMTP server's TLS certificate (STARTTLS or smtps://); turn off only for a test server
@@ -56,8 +59,9 @@ class Settings(BaseSettings):
     notify_batch: int = Field(default=100, ge=1, le=10_000)
     #: how often the notifier looks for due emails when nothing woke it
     notify_poll: float = Field(default=0.5, gt=0)
-    #: how long a claim on an email lasts without renewal; a notifier that died is noticed after it
-    notify_lease: float = Field(default=300.0, gt=0)
+    #: how long a claim on an email lasts without renewal (a busy notifier renews it every quarter);
+    #: the mail a dead notifier held goes out again soon after it
+    notify_lease: float = Field(default=30.0, gt=0)
     notify_default: CommaList = []
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     api_keys: CommaList = []
@@ -70,6 +74,8 @@ class Settings(BaseSettings):
     #: how long a stopping worker lets running attempts finish before it hands them back
     shutdown_grace: float = Field(default=30.0, ge=0)
     relay_interval: float = Field(default=0.5, gt=0)
+    #: the database source: how often a waiting worker looks for jobs another process made due
+    poll_interval: float = Field(default=0.25, gt=0, le=60)
     #: how long the relay leaves a fresh upload to the API's own publish before sending it itself
     publish_grace: float = Field(default=5.0, ge=2.0)
     log_level: str = "INFO"
@@ -97,7 +103,10 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _broker_url(cls, value: str) -> str:
-        if value and urlsplit(value).scheme not in BROKER_SCHEMES:
+        scheme = urlsplit(value).scheme
+        if scheme == "filesystem":
+            raise ValueError("the embedded filesystem broker is gone: leave it unset (the database is the queue)")
+        if value and scheme not in BROKER_SCHEMES:
             raise ValueError(f"{value!r}: the scheme must be one of {', '.join(sorted(BROKER_SCHEMES))}")
         return value
 
@@ -144,16 +153,18 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.var_dir / 'chute.db'}"
 
     @property
-    def broker(self) -> str:
-        return self.broker_url or f"filesystem://{self.var_dir / 'broker'}"
+    def queue(self) -> str:
+        """Where jobs wait for a worker: ``sql`` (the jobs table), ``amqp`` (RabbitMQ) or ``memory``."""
+        scheme = urlsplit(self.broker_url).scheme or "sql"
+        return "amqp" if scheme in AMQP_SCHEMES else scheme
 
     @property
     def files_dir(self) -> Path:
         return self.storage_dir or self.var_dir / "files"
 
     @property
-    def mail_outbox(self) -> Path:
-        return self.outbox_dir or self.var_dir / "outbox"
+    def eml_folder(self) -> Path:
+        return self.eml_dir or self.var_dir / "mail"
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -1,189 +1,184 @@
-"""The consumer: take job messages, claim them, run their handlers, record, then acknowledge.
+"""The worker loop: moves jobs between a source, the executor and the job service, and nothing else.
 
-Everything touching kombu happens on the worker's own thread; the executor hands finished attempts
-back through a queue. Claims and outcomes are written in batches, one transaction each, and a
-message is acknowledged only after its outcome is committed."""
+Each turn: collect the attempts that finished, fetch what fits in the free slots, then record and
+claim in one transaction, and only after it commits acknowledge, start what was claimed, and renew
+the leases of what runs. The source's own faults (a broker gone) stay in the source; a database
+error keeps every finished attempt and fetched message and retries the write with backoff; anything
+else is a bug, logged with its traceback and counted, and the loop goes on with its state intact."""
 
 from __future__ import annotations
 
-import json
+import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from kombu.messaging import Consumer
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from chute.broker import Broker, Publisher, job_message
 from chute.executor import Executor, ResultQueue
-from chute.jobs import Claimed, Delivery, Finished, JobStore, Recorded, worker_id
+from chute.jobs import Claimed, Finished, JobService, Recorded, worker_id
 from chute.lifecycle import Claim
 from chute.models import Job
 from chute.registry import DEFAULT_TIMEOUT, Registry
-from chute.runner import AttemptResult, Task
+from chute.runner import Task
+from chute.sources import JobMessage, JobSource
 from chute.storage import Storage
 
 log = logging.getLogger("chute.worker")
-TICK = 0.002
-BUSY_WAIT = 0.05
-NO_WAIT = 0.0001  # "only what is already here"; 0 would make py-amqp spin
+#: errors of a database that is down, locked or restarting: retried, never taken for a bug
+DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
+IDLE_WAIT, BUSY_WAIT = 0.5, 0.05
 FAST_ATTEMPT = 0.05
-SLOW_PREFETCH, FAST_PREFETCH, FAST_LOOKAHEAD = 2, 128, 64  # times the concurrency
-MAX_PREFETCH, MAX_LOOKAHEAD = 1000, 500
-RECONNECT_MAX = 10.0
-RECONCILE_EVERY = 30.0
+FAST_LOOKAHEAD, MAX_LOOKAHEAD = 64, 500  # times the concurrency; claimed beyond the free slots
+DB_BACKOFF_MAX = 2.0
 
 
 @dataclass
-class InFlight:
-    message: Any
+class Running:
     task: Task
-    generation: int
+    #: every message for this job fetched while it runs (a redelivery after a reconnect, a re-publish):
+    #: all acknowledged once its outcome is committed
+    messages: list[JobMessage] = field(default_factory=list)
 
 
 class Worker:
-    def __init__(self, store: JobStore, broker: Broker, registry: Registry, storage: Storage,
+    def __init__(self, jobs: JobService, source: JobSource, registry: Registry, storage: Storage,
                  executor: Executor, *, concurrency: int, scratch: Path, lease: float = 30.0,
-                 shutdown_grace: float = 30.0) -> None:
-        self.store, self.broker, self.registry, self.storage = store, broker, registry, storage
-        self.executor = executor
-        self.concurrency = concurrency
-        self.prefetch = SLOW_PREFETCH * concurrency
-        self._channel: Any = None
-        self._consumer: Any = None
-        self.scratch = scratch
-        self.lease = lease
-        self.shutdown_grace = shutdown_grace
+                 shutdown_grace: float = 30.0, describe: str = "") -> None:
+        self.jobs, self.source, self.registry, self.storage = jobs, source, registry, storage
+        self.executor, self.concurrency, self.scratch = executor, concurrency, scratch
+        self.lease, self.shutdown_grace, self.describe = lease, shutdown_grace, describe
         self.id = worker_id()
         self.stopping = threading.Event()
         self.ready = threading.Event()
-        self._results = ResultQueue()
-        self._finished: list[tuple[Task, AttemptResult]] = []
-        self._to_ack: list[Any] = []
+        #: faults survived, by kind: ``database`` (a write retried), ``bug`` (logged with its traceback)
+        self.faults: collections.Counter[str] = collections.Counter()
+        self._results = ResultQueue(on_put=source.wake)
+        self._finished: list[Finished] = []  # ended, outcome not yet committed
+        self._fetched: list[JobMessage] = []  # fetched, claim not yet committed
+        self._running: dict[str, Running] = {}
         self._typical = 1.0  # seconds an attempt takes, smoothed; start by assuming slow
-        self._channel_generation = 0
-        self._inbox: list[tuple[Delivery, Any]] = []
-        self._inflight: dict[str, InFlight] = {}
-        self._generation = 0  # bumped on reconnect: older messages can no longer be acked
-        self._dead = Publisher(broker)
-        self._last_heartbeat = time.monotonic()
-        self._last_recover = 0.0
-        self._executor_closed = False
-        self._last_reconcile = 0.0
+        self._renewed = time.monotonic()
+        self._db_backoff, self._db_retry_at = 0.0, 0.0
+        #: attempts this worker has started
+        self.started = 0
 
-    # --- the loop -----------------------------------------------------------------------------
-    def run(self) -> None:
-        """Consume until ``stop()``; reconnects with backoff when the broker goes away."""
-        delay = 0.5
-        while not self.stopping.is_set():
-            try:
-                self._consume()
-                delay = 0.5
-            except Exception as exc:
-                if self.stopping.is_set():
+    # --- the loop -----------------------------------------------------------------------------------
+    def run(self, burst: bool = False) -> None:
+        """Until ``stop()``; with ``burst`` only until nothing is fetched, running or unrecorded."""
+        self.ready.set()
+        log.info("worker %s fetching jobs from %s (concurrency %d)", self.id, self.describe or "its source",
+                 self.concurrency)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    busy = self._turn()
+                except Exception:
+                    self.faults["bug"] += 1
+                    log.exception("worker %s: a turn failed (a bug); nothing it held is dropped", self.id)
+                    self.stopping.wait(0.5)
+                    continue
+                if burst and not busy:
                     break
-                log.warning("broker connection lost (%s: %s); reconnecting in %.1fs", type(exc).__name__, exc,
-                            delay)
-                self._generation += 1
-                self._inbox.clear()  # the broker gives those messages to someone else
-                self._service(drain_only=True)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, RECONNECT_MAX)
-        self._shutdown()
+        finally:
+            self._shutdown()
 
     def stop(self, now: bool = False) -> None:
-        """Finish in-flight attempts within ``shutdown_grace``; ``now`` hands them back at once."""
+        """Finish running attempts within ``shutdown_grace``; ``now`` hands them back at once."""
         if now:
             self.shutdown_grace = 0.0
         self.stopping.set()
+        self.source.wake()
 
-    def _consume(self) -> None:
-        with self.broker.connection() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-            self.broker.declare(conn)
-            channel = conn.channel()
-            self._channel, self._channel_generation = channel, self._generation
-            channel.basic_qos(0, self.prefetch, False)
-            consumer = Consumer(channel, [self.broker.work_queue], on_message=self._on_message,
-                                no_ack=False)
-            consumer.consume()
-            self._consumer = consumer
-            self.ready.set()
-            log.info("worker %s consuming %s on %s (concurrency %d)", self.id, self.broker.work_queue.name,
-                     self.broker.safe_url, self.concurrency)
-            self.broker.recover_orphans()
-            self._reconcile()
-            while not self.stopping.is_set():
-                self._pump(conn)
-                if self.broker.is_amqp:
-                    conn.heartbeat_check()
-                self._service()
-            consumer.cancel()
-            self._finish_inflight(channel)
+    def _turn(self) -> bool:
+        """One pass; whether anything is still in hand."""
+        self._collect(block=len(self._running) >= self.concurrency)
+        if time.monotonic() < self._db_retry_at:  # the database is failing: wait, but keep the source alive
+            self.source.fetch(0, min(self._db_retry_at - time.monotonic(), IDLE_WAIT))
+            return True
+        if not self._fetched:
+            free = self.concurrency + self._lookahead() - len(self._running) + len(self._finished)
+            timeout = 0.0 if self._finished else IDLE_WAIT
+            self._fetched = self._adopt(self.source.fetch(max(free, 0), timeout))
+        if self._finished or self._fetched:
+            self._commit()
+        self._renew()
+        return bool(self._running or self._finished or self._fetched)
 
-    def _on_message(self, message: Any) -> None:
+    def _collect(self, block: bool) -> None:
+        done = self._results.take_all(block_for=BUSY_WAIT if block and not self._finished else 0.0)
+        self._finished += [Finished(task.job_id, task.attempt, result) for task, result in done]
+
+    def _adopt(self, messages: list[JobMessage]) -> list[JobMessage]:
+        """A message for a job this worker is running stays with it, to be acked with its outcome."""
+        fresh = []
+        for message in messages:
+            running = self._running.get(message.job_id)
+            if running is None:
+                fresh.append(message)
+            else:
+                running.messages.append(message)
+        return fresh
+
+    def _commit(self) -> None:
         try:
-            body = json.loads(message.body)
-            job_id = body["job"]
-            if not isinstance(job_id, str) or not job_id:
-                raise ValueError("no job id")
-        except (ValueError, KeyError, TypeError) as exc:
-            self._dead_letter(message.body, f"undecodable message: {type(exc).__name__}: {exc}")
-            message.ack()
+            recorded, claimed = self.jobs.record_and_claim(self._finished, self._fetched, self.id, self.registry,
+                                                           self.lease)
+        except DATABASE_ERRORS:
+            self.faults["database"] += 1
+            self._db_backoff = min(max(self._db_backoff * 2, 0.05), DB_BACKOFF_MAX)
+            self._db_retry_at = time.monotonic() + self._db_backoff
+            log.exception("worker %s: the database refused a turn; %d finished attempts and %d messages are kept "
+                          "and written again in %.2fs", self.id, len(self._finished), len(self._fetched),
+                          self._db_backoff)
             return
-        redelivered = bool((message.delivery_info or {}).get("redelivered"))
-        self._inbox.append((Delivery(job_id, redelivered), message))
+        self._db_backoff = 0.0
+        finished, self._finished, self._fetched = self._finished, [], []
+        acks = self._after_record(finished, recorded) + self._after_claim(claimed)
+        self.source.ack(acks)
 
-    # --- one pass -------------------------------------------------------------------------------
-    def _pump(self, conn: Any) -> None:
-        """Wait for whatever can move us on: a finished attempt when every slot is busy (returning the
-        moment one finishes), otherwise a message from the broker; then take every message already
-        here, so that one turn claims them all (one event per drain_events call)."""
-        timeout = TICK
-        if len(self._inflight) >= self.concurrency:
-            self._finished += self._results.take_all(block_for=BUSY_WAIT)
-            timeout = NO_WAIT
+    def _after_record(self, finished: list[Finished], recorded: list[Recorded]) -> list[JobMessage]:
+        acks: list[JobMessage] = []
+        for item, rec in zip(finished, recorded, strict=True):
+            self._typical = 0.8 * self._typical + 0.2 * item.result.duration
+            running = self._running.pop(item.job_id, None)
+            messages = running.messages if running is not None else []
+            if rec.transition is not None and rec.transition.dead_letter and messages:
+                self.source.dead_letter(messages[0], "failed", rec.job)
+            acks += messages
+        if finished:
+            self.source.tune(self.fast)
+        return acks
+
+    def _after_claim(self, claimed: list[Claimed]) -> list[JobMessage]:
+        acks: list[JobMessage] = []
+        for outcome in claimed:
+            if outcome.decision is Claim.RUN and outcome.job is not None:
+                task = task_for(outcome.job, self.storage, self.registry, self.scratch)
+                self._running[outcome.job_id] = Running(task, [outcome.message])
+                self.started += 1
+                self.executor.submit(task, self._results.put)
+                continue
+            if outcome.decision is None:
+                self.source.dead_letter(outcome.message, f"no job {outcome.job_id}")
+            elif outcome.decision is Claim.EXHAUSTED:
+                self.source.dead_letter(outcome.message, "out of attempts: the worker died", outcome.job)
+            acks.append(outcome.message)
+        return acks
+
+    def _renew(self) -> None:
+        if not self._running or time.monotonic() - self._renewed < self.lease / 3:
+            return
+        self._renewed = time.monotonic()
         try:
-            conn.drain_events(timeout=timeout)
-            for _ in range(self.prefetch):
-                conn.drain_events(timeout=NO_WAIT)
-        except TimeoutError:
-            pass
-
-    def _service(self, drain_only: bool = False) -> None:
-        """Record what finished and claim what fits in the freed slots, in one transaction."""
-        finished, self._finished = self._finished + self._results.take_all(), []
-        batch: list[tuple[Delivery, Any]] = []
-        if not drain_only:
-            self._adopt_redeliveries()
-            free = self.concurrency + self._lookahead() - len(self._inflight) + len(finished)
-            batch, self._inbox = self._inbox[:max(free, 0)], self._inbox[max(free, 0):]
-        if finished or batch:
-            recorded, claimed = self.store.step([Finished(t.job_id, t.attempt, r) for t, r in finished],
-                                                [d for d, _ in batch], self.id, self.registry, self.lease)
-            self._after_record(finished, recorded)
-            self._after_claim(batch, claimed)
-            self._flush_acks()
-        if drain_only:
-            return
-        now = time.monotonic()
-        if now - self._last_heartbeat > self.lease / 3:
-            self._last_heartbeat = now
-            self.store.heartbeat(list(self._inflight), self.id, self.lease)
-        if self.broker.embedded_root is not None and now - self._last_recover > 2.0:
-            self._last_recover = now
-            self.broker.recover_orphans()
-            if now - self._last_reconcile > RECONCILE_EVERY:
-                self._reconcile()
-
-    def _reconcile(self) -> None:
-        """Embedded broker: a job the database says is queued but has no message is sent again."""
-        self._last_reconcile = time.monotonic()
-        queued = self.broker.queued_job_ids
-        if self.broker.embedded_root is not None:
-            self.store.resend_stranded(lambda: queued() or set())
+            self.jobs.heartbeat(list(self._running), self.id, self.lease)
+        except DATABASE_ERRORS:
+            self.faults["database"] += 1
+            self._renewed -= self.lease / 4  # try again soon: the leases are running out
+            log.exception("worker %s: could not renew the leases of %d running jobs", self.id, len(self._running))
 
     @property
     def fast(self) -> bool:
@@ -192,128 +187,42 @@ class Worker:
 
     def _lookahead(self) -> int:
         """How many jobs to claim beyond the free slots. With fast handlers, many: one turn (one commit)
-        then carries dozens of jobs. With slow ones, none: waiting work stays with the broker, where an
+        then carries dozens of jobs. With slow ones, none: waiting work stays in the queue, where an
         idle worker can take it."""
         return min(FAST_LOOKAHEAD * self.concurrency, MAX_LOOKAHEAD) if self.fast else 0
 
-    def _adapt_prefetch(self) -> None:
-        """Fast handlers get a deep prefetch (big turns); slow ones a shallow one (a fair share between
-        workers). Messages held beyond the shallow depth go back to the broker for other workers."""
-        wanted = min((FAST_PREFETCH if self.fast else SLOW_PREFETCH) * self.concurrency, MAX_PREFETCH)
-        if wanted == self.prefetch or self._channel is None:
-            return
-        self.prefetch = wanted
-        self._channel.basic_qos(0, wanted, False)
-        # RabbitMQ applies a per-consumer prefetch to consumers started after it: subscribe again.
-        self._consumer.cancel()
-        self._consumer.consume()
-        if not self.fast and len(self._inbox) > wanted:
-            for _, message in self._inbox[wanted:]:
-                message.requeue()
-            self._inbox = self._inbox[:wanted]
-
-    def _adopt_redeliveries(self) -> None:
-        """After a reconnect the broker resends what we were running; keep running it, ack the new copy."""
-        keep = []
-        for delivery, message in self._inbox:
-            flight = self._inflight.get(delivery.job_id)
-            if flight is not None and flight.generation != self._generation:
-                flight.message, flight.generation = message, self._generation
-            else:
-                keep.append((delivery, message))
-        self._inbox = keep
-
-    def _after_claim(self, batch: list[tuple[Delivery, Any]], claimed: list[Claimed]) -> None:
-        outcome: Claimed
-        for (delivery, message), outcome in zip(batch, claimed, strict=True):
-            if outcome.decision is Claim.RUN and outcome.job is not None:
-                task = self._task(outcome.job)
-                self._inflight[delivery.job_id] = InFlight(message, task, self._generation)
-                self.executor.submit(task, self._results.put)
-                continue
-            if outcome.decision is None:
-                self._dead_letter(message.body, f"no job {delivery.job_id}")
-            elif outcome.decision is Claim.EXHAUSTED:
-                self._dead_letter(job_message(delivery.job_id), "out of attempts: the worker died",
-                                  job=outcome.job)
-            self._to_ack.append(message)
-        self._log_skips(claimed)
-
-    def _after_record(self, finished: list[tuple[Task, AttemptResult]], recorded: list[Recorded]) -> None:
-        for _, result in finished:
-            self._typical = 0.8 * self._typical + 0.2 * result.duration
-        if finished and self._generation == self._channel_generation:
-            self._adapt_prefetch()
-        rec: Recorded
-        for (task, _), rec in zip(finished, recorded, strict=True):
-            flight = self._inflight.pop(task.job_id, None)
-            if rec.transition is not None and rec.transition.dead_letter:
-                self._dead_letter(job_message(task.job_id), "failed", job=rec.job)
-            if flight is not None and flight.generation == self._generation:
-                self._to_ack.append(flight.message)
-
-    def _flush_acks(self) -> None:
-        """Acknowledge what this turn committed. On RabbitMQ every tag below the oldest message still
-        held goes in one ``multiple`` ack; the rest one by one (the embedded broker acks each)."""
-        acks, self._to_ack = self._to_ack, []
-        if not acks:
-            return
-        if self.broker.is_amqp:
-            held = [m.delivery_tag for _, m in self._inbox]
-            held += [f.message.delivery_tag for f in self._inflight.values() if f.generation == self._generation]
-            oldest = min(held, default=None)
-            below = [m for m in acks if oldest is None or m.delivery_tag < oldest]
-            if len(below) > 1:
-                max(below, key=lambda m: m.delivery_tag).ack(multiple=True)
-                acks = [m for m in acks if m not in below]
-        for message in acks:
-            message.ack()
-
-    def _task(self, job: Job) -> Task:
-        return task_for(job, self.storage, self.registry, self.scratch)
-
-    def _dead_letter(self, body: bytes | str, reason: str, job: Job | None = None) -> None:
-        headers: dict[str, Any] = {"x-chute-reason": reason}
-        if job is not None:
-            headers.update({"x-chute-job": job.id, "x-chute-attempts": job.attempts,
-                            "x-chute-error": (job.error or {}).get("type", "")})
-        else:
-            log.warning("dead-lettered a message: %s", reason)
-        raw = body.encode() if isinstance(body, str) else body
-        self._dead.publish([raw], queue=self.broker.dead, headers=headers)
-
-    def _log_skips(self, claimed: list[Claimed]) -> None:
-        for c in claimed:
-            if c.decision is Claim.SKIP:
-                log.debug("skipped a duplicate delivery of %s", c.job_id)
-
-    # --- stopping -------------------------------------------------------------------------------
-    def _finish_inflight(self, channel: Any) -> None:
-        """Unclaimed messages go straight back; running attempts get ``shutdown_grace`` to finish."""
-        for _, message in self._inbox:
-            message.requeue()
-        self._inbox.clear()
-        started = time.monotonic()
-        while self._inflight and time.monotonic() < started + self.shutdown_grace:  # stop(now=True) cuts it short
-            self._finished += self._results.take_all(block_for=0.05)
-            self._service(drain_only=True)
-        if self._inflight:
-            self.executor.close(wait=False)
-            self._executor_closed = True
-            leftovers = list(self._inflight.items())
-            self.store.hand_back([(job_id, f.task.attempt) for job_id, f in leftovers], self.id)
-            for _, flight in leftovers:
-                if flight.generation == self._generation:
-                    flight.message.requeue()
-            self._inflight.clear()
-
+    # --- stopping -----------------------------------------------------------------------------------
     def _shutdown(self) -> None:
-        if self._inflight:  # the connection is gone: hand back in the database; the broker redelivers
-            self.store.hand_back([(job_id, f.task.attempt) for job_id, f in self._inflight.items()], self.id)
-            self._inflight.clear()
-        if not self._executor_closed:
+        """Unclaimed messages go straight back; running attempts get ``shutdown_grace`` to finish and
+        be recorded; what is left is handed back, uncounted."""
+        if self._fetched:
+            self.source.requeue(self._fetched)
+            self._fetched = []
+        deadline = time.monotonic() + self.shutdown_grace
+        while self._running and time.monotonic() < deadline and self.shutdown_grace > 0:  # stop(now=True) cuts it
+            self._collect(block=True)
+            if self._finished and time.monotonic() >= self._db_retry_at:
+                self._commit()
+        self._collect(block=False)
+        if self._finished:  # one last try, backoff or not: a finished attempt is never dropped by choice
+            self._db_retry_at = 0.0
+            self._commit()
+            if self._finished:
+                log.error("worker %s: stopping with %d outcomes unrecorded (the database refused them); their "
+                          "leases expire and the jobs run again", self.id, len(self._finished))
+        if self._running:
+            self.executor.close(wait=False)
+            leftovers = list(self._running.items())
+            self._running.clear()
+            try:
+                self.jobs.hand_back([(job_id, r.task.attempt) for job_id, r in leftovers], self.id)
+            except DATABASE_ERRORS:
+                log.exception("worker %s: could not hand back %d jobs; their leases expire and another worker "
+                              "takes them over", self.id, len(leftovers))
+            self.source.requeue([m for _, r in leftovers for m in r.messages])
+        else:
             self.executor.close(wait=True)
-        self._dead.close()
+        self.source.close()
         log.info("worker %s stopped", self.id)
 
 

@@ -182,7 +182,7 @@ def process_env(settings: Any, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHUTE_")}
     env.update({
         "CHUTE_VAR_DIR": str(settings.var_dir), "CHUTE_DATABASE_URL": settings.db_url,
-        "CHUTE_BROKER_URL": settings.broker, "CHUTE_HANDLERS": str(settings.handlers),
+        "CHUTE_BROKER_URL": settings.broker_url, "CHUTE_HANDLERS": str(settings.handlers),
         "CHUTE_QUEUE_PREFIX": settings.queue_prefix, "CHUTE_LEASE_SECONDS": str(settings.lease_seconds),
         "CHUTE_RELAY_INTERVAL": str(settings.relay_interval), "CHUTE_WORKER_CONCURRENCY": "2",
         "CHUTE_SHUTDOWN_GRACE": "5",  # past it, teardown hands long test jobs back instead of waiting

@@ -94,7 +94,7 @@ def test_a_handler_that_kills_its_process_is_a_failed_attempt_and_the_worker_goe
 
 def test_garbage_on_the_queue_is_dead_lettered_and_the_next_job_runs(
         chute: Any, wait: Any, dead_letters: Any, queue_prefix: str) -> None:
-    publisher = chute.rt.outbox.publisher
+    publisher = chute.rt.relay.publisher
     publisher.publish([b"\x00not json at all", json.dumps({"job": "0" * 32}).encode()])
     job = chute.finished(chute.upload("after.txt"), wait)
     assert job["status"] == "processed"

@@ -83,7 +83,7 @@ def test_serve_on_embedded_defaults_processes_a_csv_within_two_seconds(tmp_path:
     assert job["status"] == "processed" and job["result"]["rows"] == 2, job
     assert took < 2.0
     assert (tmp_path / "var" / "chute.db").exists(), "SQLite under var/ by default"
-    assert (tmp_path / "var" / "broker").is_dir(), "the embedded broker under var/ by default"
+    assert not (tmp_path / "var" / "broker").exists(), "no broker of its own: the database is the queue"
 
 
 def test_fifty_concurrent_uploads_are_all_accepted_and_processed(make_chute: Any, live_server: Any,

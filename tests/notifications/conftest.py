@@ -234,25 +234,27 @@ def silent_port() -> Iterator[int]:
 def attempt() -> Callable[..., str]:
     """``attempt(app, job_id, ok=True|False)``: one attempt of a job, as a worker would run and record it
     (a failure is a retryable error): the test sees every step, not only the end."""
-    from chute.jobs import Delivery, Finished
+    from chute.jobs import Finished
     from chute.lifecycle import Claim
-    from chute.runner import AttemptResult
+    from chute.sources import JobMessage
+    from chute.status import AttemptResult, Outcome
 
     def run(app: ChuteApp, job_id: str, ok: bool = True) -> str:
         from sqlalchemy import update
 
-        from chute.models import Job, utcnow
+        from chute.models import Job
 
         with app.runtime.db.write() as session:  # a retry is due now, as drain() makes it
             session.execute(update(Job).where(Job.id == job_id, Job.next_attempt_at.is_not(None))
-                            .values(next_attempt_at=utcnow()))
-        claimed = app.store.claim([Delivery(job_id)], "test-worker", 300.0)
+                            .values(next_attempt_at=app.clock()))
+        _, claimed = app.jobs.record_and_claim([], [JobMessage(job_id)], "test-worker", None, 300.0)
         assert claimed[0].decision is Claim.RUN and claimed[0].job is not None, claimed
         number = claimed[0].job.attempts
-        result = AttemptResult("processed", result={"ok": True}) if ok else AttemptResult(
-            "error", error={"type": "ValueError", "message": f"attempt {number} failed", "traceback": "..."},
-            retryable=True)
-        recorded = app.store.record([Finished(job_id, number, result)], "test-worker", app.runtime.registry)
+        result = AttemptResult(Outcome.PROCESSED, result={"ok": True}) if ok else AttemptResult(
+            Outcome.ERROR, error={"type": "ValueError", "message": f"attempt {number} failed", "traceback": "..."},
+            covered=True)
+        recorded, _ = app.jobs.record_and_claim([Finished(job_id, number, result)], [], "test-worker",
+                                                app.runtime.registry, 300.0)
         assert recorded[0].transition is not None
         return recorded[0].transition.status.value
 

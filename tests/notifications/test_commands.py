@@ -55,7 +55,7 @@ def emails_in(folder: Path) -> list[Any]:
     return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in sorted(folder.glob("*.eml"))]
 
 
-def test_serve_without_a_mail_server_writes_each_email_to_the_outbox_folder(
+def test_serve_without_a_mail_server_writes_each_email_to_the_eml_folder(
         tmp_path: Path, handlers_dir: Path, templates_dir: Path, port: int, wait: Callable[..., Any]) -> None:
     env = environment(tmp_path, handlers_dir, templates_dir)
     url = f"http://127.0.0.1:{port}"
@@ -71,9 +71,9 @@ def test_serve_without_a_mail_server_writes_each_email_to_the_outbox_folder(
         response = httpx.post(f"{url}/uploads", files={"file": ("notes.txt", b"hello\n")},
                               data={"notify": "ann@example.com"})
         assert response.status_code == 202
-        outbox = tmp_path / "var" / "outbox"
-        found = wait(lambda: len(emails_in(outbox)) == 2 and emails_in(outbox), 30, 0.1,
-                     message="two .eml files in var/outbox")
+        eml_folder = tmp_path / "var" / "mail"
+        found = wait(lambda: len(emails_in(eml_folder)) == 2 and emails_in(eml_folder), 30, 0.1,
+                     message="two .eml files in var/mail")
     assert sorted(m["To"] for m in found) == ["ann@example.com", "team@example.com"]
     assert {m["Subject"] for m in found} == {"[Chute] notes.txt is processed"}
     assert "written to" in (tmp_path / "chute-serve.log").read_text()  # and logged
@@ -88,9 +88,9 @@ def test_the_notifier_command_sends_what_jobs_left_for_it(tmp_path: Path, handle
     finally:
         app.close()
     env = environment(tmp_path, handlers_dir, templates_dir)
-    outbox = tmp_path / "var" / "outbox"
+    eml_folder = tmp_path / "var" / "mail"
     with chute(["notifier"], env, tmp_path) as proc:
-        found = wait(lambda: emails_in(outbox), 30, 0.1, message="the email in var/outbox")
+        found = wait(lambda: emails_in(eml_folder), 30, 0.1, message="the email in var/mail")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     assert [m["To"] for m in found] == ["team@example.com"]

@@ -1,4 +1,4 @@
-"""No mail server: ``.eml`` files in the outbox folder (``make run`` on a laptop), and the testing kit's
+"""No mail server: ``.eml`` files in the .eml folder (``make run`` on a laptop), and the testing kit's
 ``chute_app.outbox`` list."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from chute.testing import ChuteApp
 
 def test_without_smtp_each_mail_is_a_valid_eml_file_in_the_outbox_folder(make_app: Callable[..., ChuteApp]) -> None:
     app = make_app()
-    app.notifier = app.runtime.notifier()  # what `chute serve` builds: no CHUTE_SMTP_URL → the outbox folder
+    app.notifier = app.runtime.notifier()  # what `chute serve` builds: no CHUTE_SMTP_URL → the .eml folder
     job = app.upload(b"hello\n", "hello.txt", notify="ann@example.com")
     app.drain()
-    folder = app.settings.mail_outbox
+    folder = app.settings.eml_folder
     files = sorted(folder.glob("*.eml"))
     assert len(files) == 2
     messages = [email.message_from_bytes(f.read_bytes(), policy=email.policy.default) for f in files]

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chute.errors import InvalidTransition
-from chute.lifecycle import Claim, JobState, after_attempt, check, claim
-from chute.models import JobStatus as S
+from chute.lifecycle import Claim, JobState, after_attempt, check, claim, lease_expired, recheck_after
 from chute.retry import RetryPolicy
-from chute.runner import AttemptResult
+from chute.status import AttemptResult, Outcome
+from chute.status import JobStatus as S
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = RetryPolicy(attempts=3, backoff=2.0, max_backoff=60.0, jitter=False)
@@ -42,10 +42,24 @@ def test_a_running_job_with_a_live_lease_is_left_alone() -> None:
 def test_a_running_job_is_taken_back_when_its_lease_expired_or_the_broker_redelivers() -> None:
     expired = job(S.RUNNING, 1, lease_expires_at=NOW - timedelta(seconds=1), lease_owner="w1")
     live = job(S.RUNNING, 1, lease_expires_at=NOW + timedelta(seconds=5), lease_owner="w1")
-    released = job(S.RUNNING, 1, lease_expires_at=NOW + timedelta(seconds=5), lease_owner=None)
     assert claim(expired, NOW) is Claim.RUN
     assert claim(live, NOW, redelivered=True) is Claim.RUN
-    assert claim(released, NOW) is Claim.RUN
+
+
+def test_a_lease_expires_at_its_time_not_before() -> None:
+    at = NOW + timedelta(seconds=5)
+    assert not lease_expired(job(S.RUNNING, 1, lease_expires_at=at, lease_owner="w1"), NOW)
+    assert lease_expired(job(S.RUNNING, 1, lease_expires_at=at, lease_owner="w1"), at)
+    assert not lease_expired(job(S.PENDING, 0, lease_expires_at=None), NOW), "only a running job has a lease"
+
+
+def test_a_cancelled_job_is_never_run() -> None:
+    assert claim(job(S.CANCELLED), NOW, redelivered=True) is Claim.SKIP
+
+
+def test_a_published_job_is_rechecked_after_its_age_and_never_sooner_than_the_grace() -> None:
+    assert recheck_after(age=0.0, grace=5.0) == 5.0
+    assert recheck_after(age=40.0, grace=5.0) == 40.0, "the gaps double: a backlog costs few duplicates"
 
 
 def test_a_job_whose_last_attempt_killed_its_worker_is_exhausted_not_looped() -> None:
@@ -54,30 +68,31 @@ def test_a_job_whose_last_attempt_killed_its_worker_is_exhausted_not_looped() ->
 
 
 def test_success_is_processed_and_notifies() -> None:
-    t = after_attempt(job(S.RUNNING, 1), AttemptResult("processed", {"ok": 1}), POLICY, NOW)
+    t = after_attempt(job(S.RUNNING, 1), AttemptResult(Outcome.PROCESSED, {"ok": 1}), POLICY, NOW)
     assert t.status is S.PROCESSED and t.event == "processed" and not t.dead_letter
 
 
 def test_a_retryable_error_waits_the_policy_delay() -> None:
-    t = after_attempt(job(S.RUNNING, 2), AttemptResult("error", retryable=True), POLICY, NOW)
+    t = after_attempt(job(S.RUNNING, 2), AttemptResult(Outcome.ERROR, covered=True), POLICY, NOW)
     assert t.status is S.RETRYING
     assert t.next_attempt_at == NOW + timedelta(seconds=4.0)
     assert t.event is None, "no email on an intermediate retry"
 
 
 def test_the_last_attempt_fails_and_dead_letters() -> None:
-    t = after_attempt(job(S.RUNNING, 3), AttemptResult("error", retryable=True), POLICY, NOW)
+    t = after_attempt(job(S.RUNNING, 3), AttemptResult(Outcome.ERROR, covered=True), POLICY, NOW)
     assert t.status is S.FAILED and t.event == "failed" and t.dead_letter
 
 
-@pytest.mark.parametrize("outcome", ["rejected", "invalid"])
-def test_reject_fails_at_once(outcome: str) -> None:
-    t = after_attempt(job(S.RUNNING, 1), AttemptResult(outcome), POLICY, NOW)
-    assert t.status is S.FAILED
+@pytest.mark.parametrize("outcome", [Outcome.REJECTED, Outcome.INVALID])
+def test_reject_fails_at_once_even_when_the_policy_covers_the_error(outcome: Outcome) -> None:
+    """``@retry(on=(Exception,))`` covers Reject (it is an Exception): the rule, not the policy, refuses it."""
+    t = after_attempt(job(S.RUNNING, 1), AttemptResult(outcome, covered=True), POLICY, NOW)
+    assert t.status is S.FAILED and t.event == "failed"
 
 
 def test_an_error_outside_the_policy_fails_at_once() -> None:
-    t = after_attempt(job(S.RUNNING, 1), AttemptResult("error", retryable=False), POLICY, NOW)
+    t = after_attempt(job(S.RUNNING, 1), AttemptResult(Outcome.ERROR, covered=False), POLICY, NOW)
     assert t.status is S.FAILED
 
 

@@ -16,9 +16,15 @@ def test_defaults_keep_everything_under_var(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.chdir(tmp_path)
     settings = load_settings()
     assert settings.db_url == "sqlite:///var/chute.db"
-    assert settings.broker == "filesystem://var/broker"
+    assert settings.queue == "sql", "no broker to install: the database is the queue"
     assert settings.files_dir == Path("var/files")
     assert settings.max_upload_bytes == 100 * 1024 * 1024
+
+
+def test_the_old_embedded_broker_url_is_refused_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHUTE_BROKER_URL", "filesystem://var/broker")
+    with pytest.raises(ConfigError, match=r"^invalid setting CHUTE_BROKER_URL: .*database is the queue"):
+        load_settings()
 
 
 def test_list_settings_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,25 +13,25 @@ from chute.api.ingest import Ingest
 from chute.runtime import Runtime
 
 
-def create_app(rt: Runtime, *, outbox: bool = True) -> FastAPI:
-    """``outbox=False`` leaves publishing to someone else (a test driving the outbox by hand)."""
+def create_app(rt: Runtime, *, relay: bool = True) -> FastAPI:
+    """``relay=False`` leaves the relay to someone else (the testing kit drives it by hand)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if outbox:
-            rt.outbox.start()
+        if relay:
+            rt.relay.start()
         try:
             yield
         finally:
-            if outbox:
-                rt.outbox.stop()
+            if relay:
+                rt.relay.stop()
 
     app = FastAPI(title="Chute", version=__version__, lifespan=lifespan,
                   description="Upload a file; the handler for its type runs on a worker; "
                               "watch the job, get an email when it is done.")
     app.state.runtime = rt
-    app.state.ingest = Ingest(rt.store, rt.settings.publish_grace)
-    app.state.metrics = metrics.Metrics(rt.store)
+    app.state.ingest = Ingest(rt.jobs, rt.publish_grace)
+    app.state.metrics = metrics.Metrics(rt.jobs)
     for module in (uploads, jobs, handlers, health, metrics):
         app.include_router(module.router)
     return app

@@ -15,8 +15,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from chute.addresses import BadAddress, normalize_all
 from chute.batching import GroupCommit
 from chute.errors import InvalidUploadField, MalformedUpload, MissingFile, UnsupportedType, UploadTooLarge
-from chute.jobs import JobStore
-from chute.models import Job, JobStatus, utcnow
+from chute.jobs import JobService
+from chute.models import Job, JobStatus
 from chute.registry import HandlerSpec, Registry
 from chute.sniff import CONTAINERS, detect
 from chute.storage import FileWriter, Storage, clean_filename
@@ -192,13 +192,14 @@ class Ingest:
     committed, all in one trip to a worker thread. Concurrent uploads share the directory fsync and
     the database commit (group commit), so the disk sees one flush for many requests."""
 
-    def __init__(self, store: JobStore, grace: float) -> None:
+    def __init__(self, jobs: JobService, grace: float) -> None:
         self.grace = grace
-        self._rows: GroupCommit[dict[str, Any]] = GroupCommit(store.insert)
+        self.now = jobs.now
+        self._rows: GroupCommit[dict[str, Any]] = GroupCommit(jobs.insert)
 
     def persist(self, writer: FileWriter, row: dict[str, Any]) -> Job:
         stored = writer.finish()
-        now = utcnow()
+        now = self.now()
         row.update(size=stored.size, sha256=stored.sha256, created_at=now, updated_at=now,
                    dispatch_at=now + timedelta(seconds=self.grace))
         self._rows.submit(row)

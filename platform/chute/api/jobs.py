@@ -18,7 +18,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_
 
 def _job(rt: Runtime, job_id: str) -> Job:
     try:
-        return rt.store.get(job_id)
+        return rt.jobs.get(job_id)
     except JobNotFound:
         raise HTTPException(404, f"no job {job_id}") from None
 
@@ -28,7 +28,7 @@ def list_jobs(status: JobStatus | None = None, handler: str | None = None,
               limit: int = Query(50, ge=1, le=500), cursor: str | None = None,
               rt: Runtime = Depends(runtime)) -> JobPage:
     try:
-        jobs, next_cursor = rt.store.list_jobs(status, handler, limit, cursor)
+        jobs, next_cursor = rt.jobs.list_jobs(status, handler, limit, cursor)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
     base = rt.settings.public_url
@@ -59,20 +59,20 @@ def retry_notifications(job_id: str, rt: Runtime = Depends(runtime)) -> list[Not
 @router.get("/{job_id}/attempts", response_model=list[AttemptOut], summary="Every attempt of a job")
 def get_attempts(job_id: str, rt: Runtime = Depends(runtime)) -> list[AttemptOut]:
     _job(rt, job_id)
-    return [AttemptOut.model_validate(a, from_attributes=True) for a in rt.store.attempts(job_id)]
+    return [AttemptOut.model_validate(a, from_attributes=True) for a in rt.jobs.attempts(job_id)]
 
 
 @router.post("/{job_id}/retry", response_model=JobOut, status_code=202, summary="Re-run a failed job")
 def retry_job(job_id: str, rt: Runtime = Depends(runtime)) -> JobOut:
     spec = rt.registry.get(_job(rt, job_id).handler)
     try:
-        job = rt.store.retry_failed(job_id, spec.retry.attempts if spec else None)
+        job = rt.jobs.retry_failed(job_id, spec.retry.attempts if spec else None)
     except JobNotFound:
         raise HTTPException(404, f"no job {job_id}") from None
     except InvalidTransition as exc:
         raise HTTPException(409, str(exc)) from None
     if job.dispatch_at is not None:
-        rt.outbox.send([(job.id, job.dispatch_at)])
+        rt.relay.send([(job.id, job.dispatch_at)])
     return JobOut.of(job, rt.settings.public_url)
 
 

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from chute.jobs import JobStore
+from chute.jobs import JobService
 from chute.models import JobStatus
 
 router = APIRouter(tags=["health"])
@@ -21,11 +21,11 @@ TERMINAL = {JobStatus.PROCESSED.value, JobStatus.FAILED.value}
 
 
 class JobCollector(Collector):
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
 
     def collect(self) -> Iterator[Metric]:
-        by_status, attempts = self.store.counts()
+        by_status, attempts = self.jobs.counts()
         current = GaugeMetricFamily("chute_jobs", "Jobs by handler and status now", labels=["handler", "status"])
         finished = CounterMetricFamily("chute_jobs_finished", "Jobs that ended, by handler and final status",
                                        labels=["handler", "status"])
@@ -43,9 +43,9 @@ class JobCollector(Collector):
 class Metrics:
     """One registry per app (tests build many apps in one process)."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, jobs: JobService) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(JobCollector(store))
+        self.registry.register(JobCollector(jobs))
         self.uploads = Counter("chute_uploads", "Uploads answered, by HTTP status", ["code"], registry=self.registry)
         self.upload_bytes = Counter("chute_upload_bytes", "Bytes of accepted uploads", registry=self.registry)
 

@@ -80,7 +80,7 @@ async def _accept(request: Request) -> Response:
         parsed.writer.abort()
         rt.storage.delete(parsed.writer.key)
         return JSONResponse({"detail": "the upload could not be recorded; try again"}, 503)
-    rt.outbox.send([(job.id, row["dispatch_at"])])  # published right after commit
+    rt.relay.send([(job.id, row["dispatch_at"])])  # handed on right after commit
     request.app.state.metrics.upload_bytes.inc(job.size)
     log.info("event=accepted job=%s handler=%s status=pending size=%d type=%s", job.id, spec.name,
              job.size, mime)

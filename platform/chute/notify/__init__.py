@@ -66,10 +66,10 @@ def check_templates(templates: Templates, settings: Settings) -> None:
 
 
 def transport_for(settings: Settings) -> tuple[Callable[[], Transport], str]:
-    """SMTP when ``CHUTE_SMTP_URL`` is set, else ``.eml`` files in the outbox folder; and a description."""
+    """SMTP when ``CHUTE_SMTP_URL`` is set, else ``.eml`` files in the .eml folder; and a description."""
     if settings.smtp_url:
         config = SmtpConfig.from_url(settings.smtp_url, timeout=settings.smtp_timeout, verify=settings.smtp_verify,
                                      ca_file=settings.smtp_ca_file)
         return (lambda: SmtpTransport(config)), config.safe_url
-    folder = settings.mail_outbox
-    return (lambda: EmlTransport(folder)), f"the outbox folder {folder} (no CHUTE_SMTP_URL)"
+    folder = settings.eml_folder
+    return (lambda: EmlTransport(folder)), f"the .eml folder {folder} (no CHUTE_SMTP_URL)"

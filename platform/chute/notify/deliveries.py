@@ -51,7 +51,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from chute.addresses import BadAddress, normalize_all
-from chute.db import Database, Direct, make_engine
+from chute.db import CursorStatement, Database, make_engine
 from chute.errors import ConfigError
 from chute.models import Delivery, DeliveryStatus, Job, UTCDateTime, utcnow
 from chute.notify.message import message_id_for
@@ -209,7 +209,7 @@ class DeliveryStore:
         self.policy = RetryPolicy(attempts=attempts, backoff=backoff, max_backoff=max_backoff)
         self.lease = lease
         #: the notifier's per-message commits run on connections of their own (``mark_engine``), straight
-        #: on the DBAPI (``Recorder``, ``Direct``); ``begin_data``/``record`` are the same through Core
+        #: on the DBAPI (``Recorder``, ``CursorStatement``); ``record`` is the same through Core
         self._engine = mark_engine(db)
         self._writer = self._engine.execution_options(sqlite_begin="IMMEDIATE") if db.is_sqlite else self._engine
         now = bindparam("b_now", type_=UTCDateTime())
@@ -226,10 +226,10 @@ class DeliveryStore:
                                next_attempt_at=bindparam("b_next", type_=UTCDateTime()), data_at=None,
                                claimed_by=None, claim_until=None, updated_at=now))
         dialect = self._engine.dialect
-        self._direct_mark = Direct(self._mark, dialect)
-        self._direct_sent = Direct(self._sent, dialect)
-        self._direct_other = Direct(self._other, dialect)
-        self._direct_renew = Direct(update(DELIVERIES).where(_guarded_param()).values(
+        self._direct_mark = CursorStatement(self._mark, dialect)
+        self._direct_sent = CursorStatement(self._sent, dialect)
+        self._direct_other = CursorStatement(self._other, dialect)
+        self._direct_renew = CursorStatement(update(DELIVERIES).where(_guarded_param()).values(
             claim_until=bindparam("b_until", type_=UTCDateTime()), updated_at=now), dialect)
 
     def close(self) -> None:
@@ -283,20 +283,8 @@ class DeliveryStore:
                                 .order_by(T.next_attempt_at, T.id)).all()
         return [Outbound(*row) for row in rows]
 
-    def begin_data(self, owner: str, delivery_id: int, outcomes: Sequence[Outcome] = (), *,
-                   renew: bool = False) -> bool:
-        """Record the outcomes so far and mark ``delivery_id`` "DATA started"; False if the row is no
-        longer ours (our lease ran out and another notifier recovered it): then it must not be sent."""
-        now = utcnow()
-        with self._writer.begin() as conn:
-            self._apply(conn, owner, outcomes, now)
-            marked = conn.execute(self._mark, {"b_id": delivery_id, "b_owner": owner, "b_now": now}).rowcount
-            if renew:
-                conn.execute(update(DELIVERIES).where(_guarded(owner))
-                             .values(claim_until=now + timedelta(seconds=self.lease)))
-        return bool(marked == 1)
-
     def record(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+        """The outcomes the server already gave, when a pass is cut off outside a ``Recorder``."""
         if outcomes:
             with self._writer.begin() as conn:
                 self._apply(conn, owner, outcomes, utcnow())
@@ -378,7 +366,7 @@ class DeliveryStore:
 
 class Recorder:
     """The notifier's per-message commits, on one DBAPI connection held for a pass: no pool round trip
-    and no ORM or Core bookkeeping per message (see ``Direct``). Each call is one committed
+    and no ORM or Core bookkeeping per message (see ``CursorStatement``). Each call is one committed
     transaction; ``mark`` is committed before it returns."""
 
     def __init__(self, store: DeliveryStore, owner: str) -> None:

@@ -1,4 +1,4 @@
-"""Transports that need no mail server: ``.eml`` files in an outbox folder (no ``CHUTE_SMTP_URL``), and a
+"""Transports that need no mail server: ``.eml`` files in an .eml folder (no ``CHUTE_SMTP_URL``), and a
 list in memory (the testing kit's ``chute_app.outbox``). Both go through the same notifier, rows and
 states as SMTP does, so what a test or a laptop sees is what production does."""
 
@@ -65,7 +65,7 @@ class EmlTransport(_Local):
             os.fsync(f.fileno())
         os.replace(partial, path)
         self.written.append(path)
-        log.info("mail to=%s subject=%r written to %s (no CHUTE_SMTP_URL: the outbox folder stands in for "
+        log.info("mail to=%s subject=%r written to %s (no CHUTE_SMTP_URL: the .eml folder stands in for "
                  "a mail server)", mail.recipient, mail.subject, path)
         return f"written to {path}"
 

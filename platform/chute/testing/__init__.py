@@ -1,7 +1,8 @@
 """Test a handler without a broker: ``run_handler`` calls it as a worker would; ``ChuteApp`` is the
-whole API on a stub broker whose ``drain()`` runs every queued job, retries included, at once."""
+whole API on an in-memory queue whose ``drain()`` runs the real worker loop over every queued job,
+retries included, without waiting for their delays."""
 
-from chute.testing.app import ChuteApp, StubPublisher
+from chute.testing.app import ChuteApp, KitClock
 from chute.testing.handlers import HandlerRun, run, run_handler
 
-__all__ = ["ChuteApp", "HandlerRun", "StubPublisher", "run", "run_handler"]
+__all__ = ["ChuteApp", "HandlerRun", "KitClock", "run", "run_handler"]

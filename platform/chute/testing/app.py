@@ -1,48 +1,38 @@
-"""``ChuteApp``: the real API and job store on a temp SQLite and a stub broker, drained on demand."""
+"""``ChuteApp``: the real API, job service and worker loop on a temp SQLite and an in-memory queue,
+drained on demand."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
-
-from chute.broker import Broker
 from chute.executor import InlineExecutor
-from chute.jobs import Delivery, Finished
-from chute.lifecycle import Claim
-from chute.models import Job, JobStatus, utcnow
+from chute.models import utcnow
 from chute.notify import ListTransport, Tally
-from chute.runner import AttemptResult, Task
 from chute.runtime import Runtime
 from chute.settings import Settings
-from chute.worker import task_for
+from chute.sources.memory import MemoryQueue
+from chute.worker import Worker
 
-WORKER = "chute-testing"
 
-
-class StubPublisher:
-    """Stands in for the broker: keeps what was published, in order."""
+class KitClock:
+    """The time the kit's job service sees: real time, moved on by ``drain()`` past each retry's wait."""
 
     def __init__(self) -> None:
-        self.messages: list[tuple[str, bytes, dict[str, Any]]] = []
-        self._lock = threading.Lock()
+        self.offset = timedelta(0)
 
-    def publish(self, bodies: Sequence[bytes], queue: str | None = None,
-                headers: dict[str, Any] | None = None) -> None:
-        with self._lock:
-            self.messages.extend((queue or "work", b, headers or {}) for b in bodies)
+    def __call__(self) -> datetime:
+        return utcnow() + self.offset
 
-    def publish_jobs(self, job_ids: Sequence[str]) -> None:
-        self.publish([f'{{"job": "{j}"}}'.encode() for j in job_ids])
-
-    def close(self) -> None:
-        pass
+    def advance_to(self, when: datetime) -> None:
+        ahead = when - self()
+        if ahead > timedelta(0):
+            self.offset += ahead
 
 
 class ChuteApp:
@@ -56,40 +46,41 @@ class ChuteApp:
         values: dict[str, Any] = {"var_dir": Path(var_dir), "database_url": f"sqlite:///{Path(var_dir) / 'chute.db'}",
                                   "broker_url": "memory://", "handlers": Path(handlers)}
         self.settings = Settings(**{**values, **settings})
-        self.publisher = StubPublisher()
-        self.runtime = Runtime.build(self.settings, publisher=self.publisher)  # type: ignore[arg-type]
-        self.store = self.runtime.store
+        self.clock = KitClock()
+        self.runtime = Runtime.build(self.settings, clock=self.clock)
+        self.jobs = self.runtime.jobs
+        #: the in-memory queue the relay publishes into and ``drain()``'s worker fetches from
+        self.queue: MemoryQueue | None = self.runtime.memory
         self.executor = InlineExecutor(self.runtime.registry)
-        self.app = create_app(self.runtime, outbox=False)
+        self.app = create_app(self.runtime, relay=False)
         self.client = TestClient(self.app)
         self.client.__enter__()
         #: every email the app sent, parsed (``email.message.EmailMessage``), in the order sent
         self.outbox: list[EmailMessage] = []
         self.notifier = self.runtime.notifier(lambda: ListTransport(self.outbox), describe="chute_app.outbox")
 
-    @property
-    def broker(self) -> Broker:
-        return self.runtime.broker
+    def worker(self) -> Worker:
+        """The worker ``drain()`` runs: the real loop, on the in-memory queue, handlers in this process."""
+        if self.queue is None:
+            raise RuntimeError("drain() runs on the in-memory queue: leave broker_url as memory://")
+        return Worker(self.jobs, self.queue, self.runtime.registry, self.runtime.storage, self.executor,
+                      concurrency=1, scratch=self.runtime.scratch, lease=self.settings.lease_seconds,
+                      shutdown_grace=0.0, describe="chute_app's in-memory queue")
 
     def drain(self, max_attempts: int = 10_000) -> int:
-        """Run every pending job and every retry (without waiting for its delay), then send the emails
-        their outcomes call for into ``outbox``; returns attempts run."""
+        """Run every queued job and every retry (the kit's clock jumps to each one's time instead of
+        waiting for it), then send the emails their outcomes call for into ``outbox``; returns the
+        attempts run."""
         ran = 0
         while ran < max_attempts:
-            with self.runtime.db.write() as session:
-                session.execute(update(Job).where(Job.status == JobStatus.RETRYING)
-                                .values(next_attempt_at=utcnow()))
-            with self.runtime.db.read() as session:
-                ids = list(session.scalars(select(Job.id).where(
-                    Job.status.in_([JobStatus.PENDING, JobStatus.RETRYING])).order_by(Job.created_at)))
-            if not ids:
+            self.runtime.relay.sweep_once()  # publishes whatever is due by the kit's clock
+            worker = self.worker()
+            worker.run(burst=True)
+            ran += worker.started
+            due = self.jobs.next_due()
+            if due is None or (worker.started == 0 and due <= self.clock()):
                 break
-            for claimed in self.store.claim([Delivery(i) for i in ids], WORKER, 300.0):
-                if claimed.decision is not Claim.RUN or claimed.job is None:
-                    continue
-                task = task_for(claimed.job, self.runtime.storage, self.runtime.registry, self.runtime.scratch)
-                self.executor.submit(task, self._record)
-                ran += 1
+            self.clock.advance_to(due)
         self.deliver()
         return ran
 
@@ -101,9 +92,6 @@ class ChuteApp:
             return Tally()  # a started notifier sends on its own
         self.notifier.templates.check()  # no templates: say so, rather than leave the mail pending
         return _run(self.notifier.run_once(due_only=False))  # one pass: each pending email tried once
-
-    def _record(self, task: Task, result: AttemptResult) -> None:
-        self.store.record([Finished(task.job_id, task.attempt, result)], WORKER, self.runtime.registry)
 
     def job(self, job_id: str) -> dict[str, Any]:
         response = self.client.get(f"/jobs/{job_id}")

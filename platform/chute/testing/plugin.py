@@ -13,7 +13,7 @@ from chute.testing.app import ChuteApp
 
 @pytest.fixture
 def chute_app(tmp_path: Path) -> Iterator[ChuteApp]:
-    """The API on a stub broker with a temp SQLite; the project's handlers (CHUTE_HANDLERS or ./handlers)."""
+    """The API on an in-memory queue with a temp SQLite; the project's handlers (CHUTE_HANDLERS or ./handlers)."""
     app = ChuteApp(tmp_path / "var", handlers=Path(os.environ.get("CHUTE_HANDLERS", "handlers")))
     try:
         yield app

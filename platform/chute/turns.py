@@ -1,6 +1,7 @@
-"""A worker's turn, made durable: record the attempts that finished and claim the deliveries that fit,
+"""A worker's turn, made durable: record the attempts that finished and claim the messages that fit,
 in one transaction of a few batched statements (Core, not the ORM's unit of work, which costs more
-than the work itself for a fast handler). The decisions are lifecycle.py's."""
+than the work itself for a fast handler). The decisions are lifecycle.py's; this module only reads
+the rows, asks the rules, and writes what they said."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from chute import lifecycle
-from chute.db import Direct
+from chute.db import CursorStatement
 from chute.lifecycle import Claim, JobState, Transition
-from chute.models import Attempt, Job, JobStatus
+from chute.models import Attempt, Job
 from chute.registry import Registry
 from chute.retry import DEFAULT_POLICY
-from chute.runner import AttemptResult
+from chute.sources import JobMessage
+from chute.status import AttemptResult, JobStatus, Outcome
 
 S = JobStatus
 JOBS: Table = Job.__table__  # type: ignore[assignment]
@@ -34,21 +36,18 @@ _MOVE = (update(JOBS).where(JOBS.c.id == bindparam("b_id"))
          .values(status=bindparam("b_status"), result=bindparam("b_result"), error=bindparam("b_error"),
                  next_attempt_at=bindparam("b_next"), dispatch_at=bindparam("b_next"), lease_owner=None,
                  lease_expires_at=None, finished_at=bindparam("b_finished"), updated_at=bindparam("b_now")))
+#: a message that starts nothing: the job is due again only when its own schedule says so
+_PARK = update(JOBS).where(JOBS.c.id == bindparam("b_id")).values(dispatch_at=bindparam("b_next"))
 #: every column a turn reads: all but the ones it never needs (the type evidence, the previous result)
 _READ = [c for c in JOBS.c if c.name not in ("type_info", "result")]
 _OPEN = insert(ATTEMPTS).values(job_id=bindparam("b_job"), number=bindparam("b_number"),
                                 worker=bindparam("b_worker"), started_at=bindparam("b_started"))
-_COMPILED: dict[str, list[Direct]] = {}  # per dialect: _CLOSE, _MOVE, _START, _OPEN, compiled once
 _CLOSE = (update(ATTEMPTS).where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMPTS.c.number == bindparam("b_number"),
                                  ATTEMPTS.c.finished_at.is_(None))
           .values(finished_at=bindparam("b_now"), outcome=bindparam("b_outcome"), error_type=bindparam("b_type"),
                   error_message=bindparam("b_message")))
-
-
-@dataclass(frozen=True)
-class Delivery:
-    job_id: str
-    redelivered: bool = False
+_STATEMENTS = (_CLOSE, _MOVE, _PARK, _START, _OPEN)  # in the order a turn runs them
+_COMPILED: dict[str, list[CursorStatement]] = {}  # per dialect, compiled once
 
 
 @dataclass(frozen=True)
@@ -60,15 +59,19 @@ class Finished:
 
 @dataclass(frozen=True)
 class Claimed:
-    job_id: str
+    message: JobMessage
     decision: Claim | None  # None: no such job
     job: Job | None
+
+    @property
+    def job_id(self) -> str:
+        return self.message.job_id
 
 
 @dataclass(frozen=True)
 class Recorded:
     job_id: str
-    transition: Transition | None  # None: stale (the job was taken back by another worker)
+    transition: Transition | None  # None: stale (another worker has taken the job over)
     job: Job | None
 
 
@@ -94,13 +97,14 @@ def state(row: dict[str, Any]) -> JobState:
 
 
 @dataclass
-class Turn:
+class TurnWrites:
     """The statements one turn will run, collected first so each kind goes out as one executemany."""
 
     worker: str
     now: datetime
     starts: list[dict[str, Any]] = field(default_factory=list)
     moves: list[dict[str, Any]] = field(default_factory=list)
+    parks: list[dict[str, Any]] = field(default_factory=list)
     closes: list[dict[str, Any]] = field(default_factory=list)
     opened: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple[dict[str, Any], str]] = field(default_factory=list)
@@ -124,9 +128,17 @@ class Turn:
         self.moves.append({"b_id": row["id"], "b_status": status, "b_result": result, "b_error": error,
                            "b_next": next_attempt_at, "b_finished": finished, "b_now": self.now})
 
-    def close(self, job_id: str, number: int, outcome: str, error: dict[str, Any] | None) -> None:
+    def park(self, row: dict[str, Any]) -> None:
+        """Nothing to run: a retry waits for its time, anything else (done, or running on a live lease)
+        for nothing. Clears a reservation or a re-publish mark that would otherwise come round again."""
+        due = row["next_attempt_at"] if row["status"] is S.RETRYING else None
+        if row["dispatch_at"] != due:
+            row["dispatch_at"] = due
+            self.parks.append({"b_id": row["id"], "b_next": due})
+
+    def close(self, job_id: str, number: int, outcome: Outcome, error: dict[str, Any] | None) -> None:
         error = error or {}
-        self.closes.append({"b_job": job_id, "b_number": number, "b_now": self.now, "b_outcome": outcome,
+        self.closes.append({"b_job": job_id, "b_number": number, "b_now": self.now, "b_outcome": outcome.value,
                             "b_type": error.get("type"), "b_message": (error.get("message") or "")[:4000] or None})
 
     def run(self, conn: Connection) -> None:
@@ -135,60 +147,64 @@ class Turn:
         taken back closes its lost attempt, then starts the next)."""
         compiled = _COMPILED.get(conn.dialect.name)
         if compiled is None:
-            compiled = _COMPILED[conn.dialect.name] = [Direct(s, conn.dialect) for s in (_CLOSE, _MOVE, _START, _OPEN)]
+            compiled = _COMPILED[conn.dialect.name] = [CursorStatement(s, conn.dialect) for s in _STATEMENTS]
         cursor = conn.connection.cursor()
         try:
-            for direct, params in zip(compiled, (self.closes, self.moves, self.starts, self.opened), strict=True):
+            batches = (self.closes, self.moves, self.parks, self.starts, self.opened)
+            for statement, params in zip(compiled, batches, strict=True):
                 if params:
-                    direct.run(cursor, params)
+                    statement.run(cursor, params)
         finally:
             cursor.close()
 
 
-def take_turn(session: Session, for_update: bool, finished: Sequence[Finished], deliveries: Sequence[Delivery],
-              worker: str, registry: Registry | None, lease: float, now: datetime,
-              hooks: Sequence[Hook]) -> tuple[list[Recorded], list[Claimed]]:
+def record_and_claim(session: Session, for_update: bool, finished: Sequence[Finished],
+                     messages: Sequence[JobMessage], worker: str, registry: Registry | None, lease: float,
+                     now: datetime, hooks: Sequence[Hook]) -> tuple[list[Recorded], list[Claimed]]:
+    """One turn in ``session``'s transaction: outcomes first (so a message for a job that just ended
+    finds it ended), then claims."""
     conn = session.connection()
-    ids = list({f.job_id for f in finished} | {d.job_id for d in deliveries})
+    ids = list({f.job_id for f in finished} | {m.job_id for m in messages})
     query = select(*_READ).where(JOBS.c.id.in_(ids))
     rows = {r["id"]: dict(r) for r in conn.execute(query.with_for_update() if for_update else query).mappings()}
-    turn = Turn(worker, now)
-    recorded = [_record(turn, rows.get(item.job_id), item, registry) for item in finished]
-    claimed = [_claim(turn, rows.get(d.job_id), d, lease) for d in deliveries]
-    turn.run(conn)
+    writes = TurnWrites(worker, now)
+    recorded = [_record(writes, rows.get(item.job_id), item, registry) for item in finished]
+    claimed = [_claim(writes, rows.get(m.job_id), m, lease) for m in messages]
+    writes.run(conn)
     jobs = {job_id: cast(Job, JobRow(row)) for job_id, row in rows.items()}
-    for row, event in turn.events:
+    for row, event in writes.events:
         for hook in hooks:
             hook(session, jobs[row["id"]], event)
     return ([Recorded(r.job_id, r.transition, jobs.get(r.job_id)) for r in recorded],
-            [Claimed(c.job_id, c.decision, jobs.get(c.job_id)) for c in claimed])
+            [Claimed(c.message, c.decision, jobs.get(c.job_id)) for c in claimed])
 
 
-def _record(turn: Turn, row: dict[str, Any] | None, item: Finished, registry: Registry | None) -> Recorded:
-    if row is None or row["status"] is not S.RUNNING or row["lease_owner"] != turn.worker \
+def _record(writes: TurnWrites, row: dict[str, Any] | None, item: Finished, registry: Registry | None) -> Recorded:
+    if row is None or row["status"] is not S.RUNNING or row["lease_owner"] != writes.worker \
             or row["attempts"] != item.attempt:
         return Recorded(item.job_id, None, None)
     spec = registry.get(row["handler"]) if registry else None
-    transition = lifecycle.after_attempt(state(row), item.result, spec.retry if spec else DEFAULT_POLICY, turn.now)
-    turn.close(row["id"], item.attempt, item.result.outcome, item.result.error)
-    turn.move(row, transition.status, result=item.result.result if transition.finished else None,
-              error=item.result.error, next_attempt_at=transition.next_attempt_at)
+    transition = lifecycle.after_attempt(state(row), item.result, spec.retry if spec else DEFAULT_POLICY, writes.now)
+    writes.close(row["id"], item.attempt, item.result.outcome, item.result.error)
+    writes.move(row, transition.status, result=item.result.result if transition.finished else None,
+                error=item.result.error, next_attempt_at=transition.next_attempt_at)
     if transition.event:
-        turn.events.append((row, transition.event))
+        writes.events.append((row, transition.event))
     return Recorded(item.job_id, transition, None)
 
 
-def _claim(turn: Turn, row: dict[str, Any] | None, delivery: Delivery, lease: float) -> Claimed:
+def _claim(writes: TurnWrites, row: dict[str, Any] | None, message: JobMessage, lease: float) -> Claimed:
     if row is None:
-        return Claimed(delivery.job_id, None, None)
-    decision = lifecycle.claim(state(row), turn.now, delivery.redelivered)
+        return Claimed(message, None, None)
+    decision = lifecycle.claim(state(row), writes.now, message.redelivered)
     if decision is not Claim.SKIP and row["status"] is S.RUNNING:
-        lost = lifecycle.lost_attempt_error(row["attempts"])
-        turn.close(row["id"], row["attempts"], "lost", lost)
+        writes.close(row["id"], row["attempts"], Outcome.LOST, lifecycle.lost_attempt_error(row["attempts"]))
     if decision is Claim.RUN:
         lifecycle.check(row["status"], S.RUNNING)
-        turn.start(row, lease)
+        writes.start(row, lease)
     elif decision is Claim.EXHAUSTED:
-        turn.move(row, S.FAILED, error=lifecycle.lost_attempt_error(row["attempts"]))
-        turn.events.append((row, "failed"))
-    return Claimed(delivery.job_id, decision, None)
+        writes.move(row, S.FAILED, error=lifecycle.lost_attempt_error(row["attempts"]))
+        writes.events.append((row, "failed"))
+    else:
+        writes.park(row)
+    return Claimed(message, decision, None)
