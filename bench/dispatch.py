@@ -62,6 +62,7 @@ def run_chute(jobs: int, concurrency: int, broker: str, workdir: Path) -> tuple[
     worker = subprocess.Popen([sys.executable, "-m", "chute.cli", "worker", "--concurrency", str(concurrency)],
                               env={**env, "CHUTE_LOG_LEVEL": "INFO"}, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     wait_for(lambda: "consuming" in (workdir / "chute-worker.log").read_text(), 60, "the Chute worker")
+    assert rt.broker is not None
     publisher = Publisher(rt.broker)
     try:
         started = time.time()
@@ -71,9 +72,8 @@ def run_chute(jobs: int, concurrency: int, broker: str, workdir: Path) -> tuple[
                      "type_info": {}, "size": 1, "sha256": stored.sha256, "storage_key": stored.key, "handler": "noop",
                      "attempts": 0, "max_attempts": 3, "notify": [], "created_at": now, "updated_at": now,
                      "dispatch_at": now + timedelta(seconds=60)} for _ in range(min(500, jobs - first))]
-            rt.store.insert(rows)  # recorded first, then published: the outbox's order
+            rt.jobs.insert(rows)  # recorded first, then published: the relay's order
             publisher.publish_jobs([r["id"] for r in rows])
-            rt.store.mark_dispatched([(r["id"], r["dispatch_at"]) for r in rows])
 
         def processed() -> bool:
             with rt.db.read() as s:

@@ -34,7 +34,7 @@ class RetryPolicy:
 
     def delay_bounds(self, attempt: int) -> tuple[float, float]:
         """The (least, most) wait after failed attempt number ``attempt`` (1-based)."""
-        least = min(self.max_backoff, self.backoff * 2 ** min(attempt - 1, 64))
+        least = min(self.max_backoff, self.backoff * 2.0 ** min(attempt - 1, 1000))  # 2.0**1024 overflows
         return (least, min(self.max_backoff, least * (1 + JITTER)) if self.jitter else least)
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:

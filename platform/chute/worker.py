@@ -30,7 +30,8 @@ from chute.storage import Storage
 log = logging.getLogger("chute.worker")
 #: errors of a database that is down, locked or restarting: retried, never taken for a bug
 DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
-IDLE_WAIT, BUSY_WAIT = 0.5, 0.05
+#: the longest a turn waits on its source when nothing is running (a source's own poll may be shorter)
+IDLE_WAIT, BUSY_WAIT = 1.0, 0.05
 FAST_ATTEMPT = 0.05
 FAST_LOOKAHEAD, MAX_LOOKAHEAD = 64, 500  # times the concurrency; claimed beyond the free slots
 DB_BACKOFF_MAX = 2.0
@@ -63,6 +64,7 @@ class Worker:
         self._typical = 1.0  # seconds an attempt takes, smoothed; start by assuming slow
         self._renewed = time.monotonic()
         self._db_backoff, self._db_retry_at = 0.0, 0.0
+        self.idle_wait = IDLE_WAIT
         #: attempts this worker has started
         self.started = 0
 
@@ -97,11 +99,11 @@ class Worker:
         """One pass; whether anything is still in hand."""
         self._collect(block=len(self._running) >= self.concurrency)
         if time.monotonic() < self._db_retry_at:  # the database is failing: wait, but keep the source alive
-            self.source.fetch(0, min(self._db_retry_at - time.monotonic(), IDLE_WAIT))
+            self.source.fetch(0, min(self._db_retry_at - time.monotonic(), self._wait_for()))
             return True
         if not self._fetched:
             free = self.concurrency + self._lookahead() - len(self._running) + len(self._finished)
-            timeout = 0.0 if self._finished else IDLE_WAIT
+            timeout = 0.0 if self._finished else self._wait_for()
             self._fetched = self._adopt(self.source.fetch(max(free, 0), timeout))
         if self._finished or self._fetched:
             self._commit()
@@ -168,6 +170,12 @@ class Worker:
                 self.source.dead_letter(outcome.message, "out of attempts: the worker died", outcome.job)
             acks.append(outcome.message)
         return acks
+
+    def _wait_for(self) -> float:
+        """How long a fetch may wait: until the next lease renewal while attempts run."""
+        if not self._running:
+            return self.idle_wait
+        return max(0.0, min(self.idle_wait, self._renewed + self.lease / 3 - time.monotonic()))
 
     def _renew(self) -> None:
         if not self._running or time.monotonic() - self._renewed < self.lease / 3:

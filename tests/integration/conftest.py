@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import selectors
 import signal
 import socket
@@ -99,6 +100,24 @@ def make_chute(settings_for: Callable[..., Any]) -> Iterator[Callable[..., Chute
     yield make
     for chute in made:
         chute.close()
+
+
+@pytest.fixture(params=["database", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def source(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """Each test that takes it runs twice: on the database as the queue (the embedded default, no
+    broker) and on RabbitMQ. Its value is the settings that select the source."""
+    if request.param == "database":
+        yield {}
+        return
+    amqp_url: str = request.getfixturevalue("amqp_url")
+    prefix = f"test-{secrets.token_hex(4)}"
+    yield {"broker_url": amqp_url, "queue_prefix": prefix}
+    from kombu.connection import Connection
+
+    with Connection(amqp_url, connect_timeout=3) as conn:
+        for name in (f"{prefix}.work", f"{prefix}.dead"):
+            with contextlib.suppress(Exception):
+                conn.channel().queue_delete(name)
 
 
 def peek_dead_letters(amqp_url: str, queue: str) -> list[Any]:

@@ -1,4 +1,5 @@
-"""The dispatcher against real RabbitMQ: retries, dead letters, timeouts, poison messages, crashes
+"""The worker on both job sources (the database as the queue, and real RabbitMQ): retries, timeouts,
+crashes, re-runs; then what only RabbitMQ has: dead-letter queues, poison messages, lost messages
 and broker outages. Handlers that misbehave on purpose live in tests/integration/handlers/."""
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ import pytest
 
 from chute.retry import RetryPolicy
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def chute(make_chute: Any, amqp_url: str, queue_prefix: str) -> Any:
+def chute(make_chute: Any, source: dict[str, Any]) -> Any:
+    made = make_chute(**source)
+    made.start_worker(concurrency=2)
+    return made
+
+
+@pytest.fixture
+def rabbit(make_chute: Any, amqp_url: str, queue_prefix: str) -> Any:
     made = make_chute(broker_url=amqp_url, queue_prefix=queue_prefix)
     made.start_worker(concurrency=2)
     return made
@@ -46,8 +54,7 @@ def test_the_wait_between_attempts_stays_within_the_policy(chute: Any, wait: Any
         assert low <= gap <= high + 0.6, f"gap {gap:.3f}s after attempt {number}, policy allows {low}-{high}s"
 
 
-def test_an_always_failing_handler_fails_after_exactly_three_and_is_dead_lettered(
-        chute: Any, wait: Any, dead_letters: Any, queue_prefix: str) -> None:
+def test_an_always_failing_handler_fails_after_exactly_three_attempts(chute: Any, wait: Any) -> None:
     job = chute.finished(chute.upload("data.broken"), wait)
     assert job["status"] == "failed"
     assert job["attempts"] == 3
@@ -55,6 +62,14 @@ def test_an_always_failing_handler_fails_after_exactly_three_and_is_dead_lettere
     assert job["error"]["message"] == "always broken (attempt 3)"
     assert "raise OSError" in job["error"]["traceback"]
     assert len(chute.attempts(job["id"])) == 3
+    listed = chute.client.get("/jobs", params={"status": "failed"}).json()["items"]
+    assert [j["id"] for j in listed] == [job["id"]], "the failed jobs are the dead letters an operator sees"
+
+
+@pytest.mark.rabbitmq
+def test_on_rabbitmq_a_job_that_fails_for_good_is_copied_to_the_dead_letter_queue(
+        rabbit: Any, wait: Any, dead_letters: Any, queue_prefix: str) -> None:
+    job = rabbit.finished(rabbit.upload("data.broken"), wait)
     letters = wait(lambda: dead_letters(f"{queue_prefix}.dead"), 10, message="the dead letter")
     assert [json.loads(m.body)["job"] for m in letters] == [job["id"]]
     assert letters[0].headers["x-chute-attempts"] == 3
@@ -92,11 +107,12 @@ def test_a_handler_that_kills_its_process_is_a_failed_attempt_and_the_worker_goe
     assert fine["status"] == "processed"
 
 
+@pytest.mark.rabbitmq
 def test_garbage_on_the_queue_is_dead_lettered_and_the_next_job_runs(
-        chute: Any, wait: Any, dead_letters: Any, queue_prefix: str) -> None:
-    publisher = chute.rt.relay.publisher
+        rabbit: Any, wait: Any, dead_letters: Any, queue_prefix: str) -> None:
+    publisher = rabbit.rt.relay.publisher
     publisher.publish([b"\x00not json at all", json.dumps({"job": "0" * 32}).encode()])
-    job = chute.finished(chute.upload("after.txt"), wait)
+    job = rabbit.finished(rabbit.upload("after.txt"), wait)
     assert job["status"] == "processed"
     letters = wait(lambda: dead_letters(f"{queue_prefix}.dead") or None, 10, message="dead letters")
     reasons = sorted(m.headers["x-chute-reason"] for m in letters)
@@ -115,6 +131,24 @@ def test_a_failed_job_can_be_rerun_and_a_processed_one_cannot(chute: Any, wait: 
     assert chute.client.post("/jobs/0000000000000000000000000000beef/retry").status_code == 404
 
 
+@pytest.mark.rabbitmq
+def test_a_job_whose_message_was_lost_in_the_broker_is_published_again_after_the_grace(
+        make_chute: Any, amqp_url: str, queue_prefix: str, wait: Any) -> None:
+    from kombu.connection import Connection
+
+    chute = make_chute(broker_url=amqp_url, queue_prefix=queue_prefix, publish_grace=2.0)
+    job_id = chute.upload("lost.txt")
+    with Connection(amqp_url, connect_timeout=3) as conn:  # the API published it; a purge (or a policy) drops it
+        chute.rt.broker.declare(conn)
+        wait(lambda: conn.default_channel.queue_declare(f"{queue_prefix}.work", passive=True).message_count == 1,
+             5, message="the message to be in the queue")
+        conn.default_channel.queue_purge(f"{queue_prefix}.work")
+    chute.start_worker(concurrency=1)
+    job = chute.finished(job_id, wait, timeout=20)
+    assert (job["status"], job["attempts"]) == ("processed", 1)
+
+
+@pytest.mark.rabbitmq
 def test_uploads_while_the_broker_is_unreachable_are_kept_and_processed_when_it_is_back(
         make_chute: Any, amqp_url: str, queue_prefix: str, tcp_proxy: Any, wait: Any) -> None:
     proxy = tcp_proxy(("127.0.0.1", 5672))

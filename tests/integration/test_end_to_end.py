@@ -49,10 +49,10 @@ def test_a_csv_goes_over_http_and_rabbitmq_to_processed(make_chute: Any, amqp_ur
     assert (job["status"], job["attempts"], job["result"]["rows"]) == ("processed", 1, 2), job
 
 
-@pytest.mark.rabbitmq
-def test_api_and_worker_as_two_processes(make_chute: Any, amqp_url: str, queue_prefix: str, chute_proc: Any,
+def test_api_and_worker_as_two_processes(make_chute: Any, source: dict[str, Any], chute_proc: Any,
                                          env_for: Any, port: int, wait: Any) -> None:
-    settings = make_chute(broker_url=amqp_url, queue_prefix=queue_prefix, handlers=ROOT / "handlers").rt.settings
+    """On the database source the worker sees the other process's upload by its poll, not a wake-up."""
+    settings = make_chute(handlers=ROOT / "handlers", **source).rt.settings
     env = env_for(settings)
     url = f"http://127.0.0.1:{port}"
     api = chute_proc(["api", "--port", str(port)], env)

@@ -1,4 +1,4 @@
-"""The same dispatcher on PostgreSQL (the database for more than one machine) and RabbitMQ."""
+"""PostgreSQL (the database for more than one machine), as the queue itself and beside RabbitMQ."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, inspect
 
-pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 def test_migrations_build_the_schema_on_postgres(postgres_database: str) -> None:
@@ -23,8 +23,9 @@ def test_migrations_build_the_schema_on_postgres(postgres_database: str) -> None
 
 
 def test_jobs_retry_and_finish_on_postgres_with_two_workers(make_chute: Any, postgres_database: str,
-                                                            amqp_url: str, queue_prefix: str, wait: Any) -> None:
-    chute = make_chute(database_url=postgres_database, broker_url=amqp_url, queue_prefix=queue_prefix)
+                                                            source: dict[str, Any], wait: Any) -> None:
+    """On the database source the two workers share the jobs table with FOR UPDATE SKIP LOCKED."""
+    chute = make_chute(database_url=postgres_database, **source)
     chute.start_worker(concurrency=2)
     chute.start_worker(concurrency=2)
     ids = [chute.upload(f"f{i}.txt", f"{i}".encode()) for i in range(20)] + [chute.upload("x.flaky")]

@@ -80,7 +80,7 @@ def test_a_rerun_that_ends_again_is_a_new_email_not_a_duplicate(make_app: Callab
     job = app.upload(b"a,b\n1,2\n", "sums.csv", notify="ann@example.com")
     for _ in range(3):
         attempt(app, job["id"], ok=False)
-    app.store.retry_failed(job["id"])
+    app.jobs.retry_failed(job["id"])
     for _ in range(3):
         attempt(app, job["id"], ok=False)
     first, second = rows(app)
@@ -127,7 +127,8 @@ def test_after_a_crash_a_row_that_reached_data_is_uncertain_not_resent(make_app:
     (row_id,) = pending(app, 1, attempt)
     store = app.runtime.deliveries
     store.claim("dead-notifier", 10)
-    assert store.begin_data("dead-notifier", row_id)
+    with store.recorder("dead-notifier") as recorder:  # "DATA started", as the notifier commits it
+        assert recorder.mark(row_id)
     expire(app)
     assert store.recover() == (0, 1)
     row = store.get(row_id)
@@ -153,8 +154,11 @@ def test_a_notifier_whose_claim_was_taken_back_may_not_send(make_app: Callable[.
     expire(app)
     store.recover()
     store.claim("fresh-notifier", 10)
-    assert not store.begin_data("slow-notifier", row_id)
-    assert store.begin_data("fresh-notifier", row_id)
+    with store.recorder("slow-notifier") as slow, store.recorder("fresh-notifier") as fresh:
+        assert not slow.mark(row_id)
+        assert fresh.mark(row_id)
+    row = store.get(row_id)
+    assert row is not None and row.claimed_by == "fresh-notifier" and row.status is S.SENDING
 
 
 def test_a_released_row_gets_its_attempt_back(make_app: Callable[..., ChuteApp], attempt: Callable[..., str]) -> None:
@@ -173,10 +177,14 @@ def test_a_temporary_failure_waits_with_backoff(make_app: Callable[..., ChuteApp
     (row_id,) = pending(app, 1, attempt)
     store = app.runtime.deliveries
     (claimed,) = store.claim("n", 10)
+    before = utcnow()
     store.record("n", [Outcome(row_id, "retry", "451 try later", claimed.attempts)])
+    after = utcnow()
     row = store.get(row_id)
     assert row is not None and row.status is S.PENDING and row.last_error == "451 try later"
-    assert row.next_attempt_at is not None and row.next_attempt_at > utcnow() + timedelta(seconds=25)
+    # at least the configured backoff; jitter adds at most a quarter
+    assert row.next_attempt_at is not None
+    assert before + timedelta(seconds=60) <= row.next_attempt_at <= after + timedelta(seconds=75)
     assert store.claim("n", 10) == []
 
 
@@ -203,18 +211,6 @@ def test_an_operator_can_requeue_an_uncertain_email(make_app: Callable[..., Chut
     row = store.get(row_id)
     assert row is not None and row.status is S.PENDING
     assert [c.message_id for c in store.claim("n", 10)] == [row.message_id]
-
-
-def test_the_migration_makes_the_table_the_model_describes(make_app: Callable[..., ChuteApp]) -> None:
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from chute.models import Base
-
-    app = make_app()
-    with app.runtime.db.engine.connect() as conn:
-        diffs: list[Any] = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-    assert [d for d in diffs if "deliveries" in repr(d)] == []
 
 
 def test_a_handlers_bad_notify_address_stops_chute_at_start(tmp_path: Any, handlers_dir: Any) -> None:
@@ -256,10 +252,11 @@ def test_the_recorder_writes_what_the_orm_reads_back(make_app: Callable[..., Chu
         assert recorder.mark(ids[0])
         recorder.record([Outcome(ids[0], "sent", "250 OK", 1), Outcome(ids[1], "retry", "451 later", 1),
                          Outcome(ids[2], "uncertain", "no answer", 1)])
+    after = utcnow()
     sent, later, unsure = (store.get(i) for i in ids)
     assert sent is not None and later is not None and unsure is not None
-    assert sent.status is S.SENT and sent.sent_at is not None and before <= sent.sent_at <= utcnow()
-    assert sent.data_at is not None and sent.claimed_by is None
-    assert later.status is S.PENDING and later.next_attempt_at is not None
-    assert later.next_attempt_at > utcnow() + timedelta(seconds=25) and later.data_at is None
+    assert sent.status is S.SENT and sent.sent_at is not None and before <= sent.sent_at <= after
+    assert sent.data_at is not None and before <= sent.data_at <= sent.sent_at and sent.claimed_by is None
+    assert later.status is S.PENDING and later.next_attempt_at is not None and later.data_at is None
+    assert before + timedelta(seconds=60) <= later.next_attempt_at <= after + timedelta(seconds=75)
     assert unsure.status is S.UNCERTAIN and unsure.last_error == "no answer"

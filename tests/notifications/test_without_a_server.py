@@ -66,5 +66,9 @@ def test_the_testing_kit_outbox_holds_the_mail_drain_sent(make_app: Callable[...
     assert body is not None and "Hello," in body.get_content()  # type: ignore[attr-defined]
 
 
-def test_the_chute_app_fixture_has_an_outbox(chute_app: ChuteApp) -> None:
+def test_the_chute_app_fixture_has_an_outbox_that_drain_fills(chute_app: ChuteApp) -> None:
     assert chute_app.outbox == []
+    job = chute_app.upload(b"hello\n", "hello.txt", notify="ann@example.com")
+    chute_app.drain()
+    assert [(m["To"], m["Subject"], m["X-Chute-Job"]) for m in chute_app.outbox] == [
+        ("ann@example.com", "[Chute] hello.txt is processed", job["id"])]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.machinery
 import sys
 from pathlib import Path
 from textwrap import dedent
@@ -26,9 +27,11 @@ def test_the_project_handlers_load_without_shadowing_the_standard_csv_module() -
     registry = load_handlers(ROOT / "handlers")
     assert {"csv_stats", "text_stats"} <= set(registry.by_name)
     assert registry.get("csv_stats").func.__module__ == "chute_handlers.csv"  # type: ignore[union-attr]
-    assert "csv" not in {Path(p).name for p in sys.path}
-    assert csv.reader is sys.modules["csv"].reader and sys.modules["csv"].__file__.endswith("/csv.py")
-    assert "chute_handlers" not in (sys.modules["csv"].__file__ or "")
+    assert sys.modules["csv"] is csv, "the standard module is still the one imported as csv"
+    # where a fresh ``import csv`` would look now (sys.modules aside): the standard library, not handlers/
+    fresh = importlib.machinery.PathFinder.find_spec("csv")
+    assert fresh is not None and fresh.origin == csv.__file__
+    assert (ROOT / "handlers").resolve() not in {Path(p or ".").resolve() for p in sys.path}
 
 
 def test_two_handlers_claiming_one_type_stop_start_up_naming_both(tmp_path: Path) -> None:

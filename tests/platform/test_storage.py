@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_mock
@@ -68,27 +72,59 @@ def test_crossing_the_limit_stops_the_write_and_leaves_nothing(tmp_path: Path) -
     assert list(tmp_path.rglob("*")) == [tmp_path / "01"]
 
 
-def test_concurrent_directory_syncs_share_fsyncs_and_all_return(tmp_path: Path,
-                                                                mocker: pytest_mock.MockerFixture) -> None:
-    import threading
-
+def test_concurrent_directory_syncs_share_fsyncs_and_all_return(tmp_path: Path, mocker: pytest_mock.MockerFixture,
+                                                                wait: Callable[..., Any]) -> None:
+    """While one fsync of a folder runs, 19 more callers arrive. They cannot ride on that one (their
+    entries may have been written after it began), so they share the next: two fsyncs in all."""
     from chute import storage as storage_module
 
-    calls = mocker.spy(storage_module, "fsync_dir")
+    callers = 20
+    folder = tmp_path.stat()
+    first_started, release_first = threading.Event(), threading.Event()
+    lock = threading.Lock()
+    synced: list[tuple[int, int]] = []  # (device, inode) of what each fsync was given
+
+    def held_fsync(fd: int) -> None:
+        opened = os.fstat(fd)
+        with lock:
+            synced.append((opened.st_dev, opened.st_ino))
+            first = len(synced) == 1
+        if first:  # the first fsync takes until the test says so
+            first_started.set()
+            release_first.wait(60)
+
+    mocker.patch.object(os, "fsync", side_effect=held_fsync)  # the one os module, as chute.storage sees it
     dirsync = storage_module.DirSync()
-    barrier = threading.Barrier(20)
+    returned: list[int] = []
 
-    def one() -> None:
-        barrier.wait()
+    def sync(n: int) -> None:
         dirsync.sync(tmp_path)
+        with lock:
+            returned.append(n)
 
-    threads = [threading.Thread(target=one) for _ in range(20)]
-    for t in threads:
+    def accounted() -> int:
+        """The other callers queued behind the running fsync (the group commit's queue), plus any that
+        ran an fsync of their own or returned (which only a broken sharing would let them do)."""
+        group = dirsync._dirs.get(tmp_path)
+        with lock:
+            return (len(group._waiting) if group is not None else 0) + len(synced) - 1 + len(returned)
+
+    threads = [threading.Thread(target=sync, args=(n,), daemon=True) for n in range(callers)]
+    threads[0].start()
+    assert first_started.wait(10), "the first caller never reached fsync"
+    for t in threads[1:]:
         t.start()
+    try:
+        wait(lambda: accounted() >= callers - 1, 10, message="the other callers to queue behind the running fsync")
+    finally:
+        release_first.set()
+    deadline = time.monotonic() + 10
     for t in threads:
-        t.join(timeout=10)
-    assert not any(t.is_alive() for t in threads)
-    assert 1 <= calls.call_count <= 20
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a caller never returned"
+    assert sorted(returned) == list(range(callers))
+    assert set(synced) == {(folder.st_dev, folder.st_ino)}, "only the folder is synced"
+    assert len(synced) == 2, "one fsync for the first caller, one shared by the 19 that came while it ran"
 
 
 def test_artifact_names_cannot_escape_the_job_folder(tmp_path: Path) -> None:
