@@ -1,6 +1,8 @@
 """Dispatcher speed: N no-op jobs through RabbitMQ with SQLite status tracking (every transition
 recorded), enqueued directly, against the same work as a Celery no-op task (acks_late, same broker),
-both measured in this run. Prints jobs/s and enqueue→processed latency p50/p99 for each, and the ratio.
+both measured in this run. Prints jobs/s, enqueue→processed latency p50/p99 and the worker process
+tree's CPU milliseconds per job (the worker and its pool children, with psutil: the figure that drifts
+least with machine noise) for each, and the ratios.
 
 Run: .venv/bin/python bench/dispatch.py [--jobs 5000] [--concurrency 2]   (needs RabbitMQ and the bench extra)"""
 
@@ -41,7 +43,25 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):  # t
         time.sleep(interval)
 
 
-def run_chute(jobs: int, concurrency: int, broker: str, workdir: Path) -> tuple[float, list[float]]:
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its live descendants."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+Result = tuple[float, list[float], float]  # jobs/s, latencies, worker-tree CPU seconds per job
+
+
+def run_chute(jobs: int, concurrency: int, broker: str, workdir: Path) -> Result:
     from chute.broker import Publisher
     from chute.jobs import new_job_id
     from chute.models import Job, JobStatus, utcnow
@@ -65,6 +85,7 @@ def run_chute(jobs: int, concurrency: int, broker: str, workdir: Path) -> tuple[
     assert rt.broker is not None
     publisher = Publisher(rt.broker)
     try:
+        cpu_before = tree_cpu(worker.pid)
         started = time.time()
         for first in range(0, jobs, 500):
             now = utcnow()
@@ -80,11 +101,12 @@ def run_chute(jobs: int, concurrency: int, broker: str, workdir: Path) -> tuple[
                 return s.scalar(select(func.count()).where(Job.status == JobStatus.PROCESSED)) == jobs
 
         wait_for(processed, 600, "Chute to process every job", 0.02)
+        cpu = tree_cpu(worker.pid) - cpu_before
         with rt.db.read() as s:
             times = s.execute(select(Job.created_at, Job.finished_at)).all()
         last = max(f for _, f in times).timestamp()
         latencies = [(f - c).total_seconds() for c, f in times]
-        return jobs / (last - started), latencies
+        return jobs / (last - started), latencies, cpu / jobs
     finally:
         publisher.close()
         worker.send_signal(signal.SIGTERM)
@@ -92,7 +114,7 @@ def run_chute(jobs: int, concurrency: int, broker: str, workdir: Path) -> tuple[
         rt.close()
 
 
-def run_celery(jobs: int, concurrency: int, broker: str, workdir: Path) -> tuple[float, list[float]]:
+def run_celery(jobs: int, concurrency: int, broker: str, workdir: Path) -> Result:
     queue = f"bench-celery-{uuid.uuid4().hex[:8]}"
     out = workdir / "celery"
     out.mkdir()
@@ -109,6 +131,7 @@ def run_celery(jobs: int, concurrency: int, broker: str, workdir: Path) -> tuple
     import celery_noop
 
     try:
+        cpu_before = tree_cpu(worker.pid)
         started = time.time()
         with celery_noop.app.producer_or_acquire() as producer:
             for _ in range(jobs):
@@ -118,9 +141,10 @@ def run_celery(jobs: int, concurrency: int, broker: str, workdir: Path) -> tuple
             return [line for f in out.glob("*.txt") for line in f.read_text().splitlines()]
 
         wait_for(lambda: len(lines()) >= jobs, 600, "Celery to run every task", 0.05)
+        cpu = tree_cpu(worker.pid) - cpu_before
         rows = [line.split() for line in lines()]
         last = max(float(done) for _, done in rows)
-        return jobs / (last - started), [float(lat) for lat, _ in rows]
+        return jobs / (last - started), [float(lat) for lat, _ in rows], cpu / jobs
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
@@ -143,10 +167,11 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     for name, label in (("chute", "chute  (SQLite, every transition recorded)"),
                         ("celery", "celery (acks_late, no result backend)   ")):
-        rate, lat = results[name]
+        rate, lat, cpu = results[name]
         print(f"{label}: {rate:8.1f} jobs/s   latency p50 {1000 * statistics.median(lat):8.1f} ms"
-              f"   p99 {1000 * pct(lat, 99):8.1f} ms")
-    print(f"ratio chute/celery throughput: {results['chute'][0] / results['celery'][0]:.2f}x")
+              f"   p99 {1000 * pct(lat, 99):8.1f} ms   worker CPU {1000 * cpu:6.3f} ms/job")
+    print(f"ratio chute/celery throughput: {results['chute'][0] / results['celery'][0]:.2f}x   "
+          f"worker CPU per job: {results['chute'][2] / results['celery'][2]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Run: .venv/bin/python bench/notify.py [--mails 2000] [--rounds 3]
 What each side does per message:
 - bare: ``await smtp.sendmail(sender, [recipient], data)`` with the message bytes made beforehand
   (rendered by Chute's own templates, outside the clock): the least aiosmtplib can do;
-- Chute: everything its notifier does for real, from delivery rows made by the job store's own hook:
+- Chute: everything its notifier does for real, from delivery rows made by the job service's own hook:
   claim the rows (SQLite in WAL mode, as Chute runs it), render the three Jinja2 templates and build
   each message, then per message MAIL FROM, RCPT TO, commit "DATA started" with the previous message's
   outcome (before DATA, always), DATA; and commit the last outcomes.

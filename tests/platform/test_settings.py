@@ -21,6 +21,13 @@ def test_defaults_keep_everything_under_var(monkeypatch: pytest.MonkeyPatch, tmp
     assert settings.max_upload_bytes == 100 * 1024 * 1024
 
 
+@pytest.mark.parametrize(("url", "queue"), [("", "sql"), ("sql://", "sql"), ("amqp://guest:guest@mq:5672//", "amqp"),
+                                            ("memory://", "memory")])
+def test_the_broker_url_picks_where_jobs_wait(monkeypatch: pytest.MonkeyPatch, url: str, queue: str) -> None:
+    monkeypatch.setenv("CHUTE_BROKER_URL", url)
+    assert load_settings().queue == queue
+
+
 def test_the_old_embedded_broker_url_is_refused_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHUTE_BROKER_URL", "filesystem://var/broker")
     with pytest.raises(ConfigError, match=r"^invalid setting CHUTE_BROKER_URL: .*database is the queue"):

@@ -8,7 +8,7 @@ States (``chute.models.DeliveryStatus``)::
        │                  │ └─no answer after DATA──▶ uncertain
        └──release/recover─┘
 
-- **Made with the job's outcome.** ``DeliveryHook`` is one of the ``JobStore`` hooks: it runs inside
+- **Made with the job's outcome.** ``DeliveryHook`` is one of the ``JobService`` hooks: it runs inside
   the transaction that moves a job to ``processed``/``failed`` and inserts a row per recipient, so the
   terminal state and its emails commit together or not at all. An intermediate retry has no event and
   makes no row. The unique key (job, event, recipient, run) makes a second row for the same email
@@ -96,7 +96,7 @@ class Outcome:
     attempts: int = 0
 
 
-# --- making the rows: the job store's hook ----------------------------------------------------------
+# --- making the rows: the job service's hook ----------------------------------------------------------
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "\n… (cut here; the whole text is on the job)"
 
@@ -156,7 +156,7 @@ def merge_recipients(*groups: Iterable[str]) -> list[str]:
 
 
 class DeliveryHook:
-    """``JobStore`` hook: the upload's ``notify``, the handler's ``notify=[...]`` and
+    """``JobService`` hook: the upload's ``notify``, the handler's ``notify=[...]`` and
     ``CHUTE_NOTIFY_DEFAULT``, one row each, in the job's own terminal transaction."""
 
     def __init__(self, registry: Registry, *, defaults: Sequence[str], mail_from: str, public_url: str) -> None:

@@ -3,7 +3,7 @@ each ended. It runs apart from the handlers, so a slow or dead mail server only 
 
 - its own thread with its own asyncio loop (``start``/``stop``), started by ``chute serve``,
   ``chute worker`` and ``chute notifier``; the worker's consumer never waits on it, and the only thing
-  the two share is the database (the job store's hook inserts rows in the job's own transaction and,
+  the two share is the database (the job service's hook inserts rows in the job's own transaction and,
   after commit, wakes the notifier so mail goes out at once instead of at the next poll);
 - one SMTP connection per pass, reused for batch after batch while rows keep coming, closed (QUIT)
   when there is nothing left to send: no idle connection is held;
