@@ -7,7 +7,9 @@ import concurrent.futures
 import logging
 import multiprocessing
 import queue
+import threading
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Protocol
 
@@ -28,16 +30,43 @@ class Executor(Protocol):
 
 
 class ProcessExecutor:
-    """A pool of spawned child processes (spawn, not fork: the parent runs threads)."""
+    """A pool of spawned child processes (spawn, not fork: the parent runs threads).
+
+    pebble's pool can break as a whole: a child that dies before the pool has noted which task it took
+    ("All workers expired") aborts every task in flight with ``BrokenProcessPool`` and refuses new ones.
+    Those attempts end ``crashed`` (counted: one of them killed its process), and the next submit
+    starts a new pool, so the worker goes on instead of failing every job after."""
 
     def __init__(self, concurrency: int, handlers: Path, registry: Registry) -> None:
         self.registry = registry
-        self._pool = ProcessPool(max_workers=concurrency, context=multiprocessing.get_context("spawn"),
-                                 initializer=init_child, initargs=(str(handlers.resolve()),))
+        self.concurrency, self.handlers = concurrency, handlers.resolve()
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+        self._broken = False
+        #: pools started again after breaking
+        self.restarts = 0
+
+    def _new_pool(self) -> ProcessPool:
+        return ProcessPool(max_workers=self.concurrency, context=multiprocessing.get_context("spawn"),
+                           initializer=init_child, initargs=(str(self.handlers),))
 
     def submit(self, task: Task, done: Done) -> None:
-        future = self._pool.schedule(run_in_child, args=(task,), timeout=task.timeout)
+        with self._lock:
+            if self._broken:
+                self._restart()
+            try:
+                future = self._pool.schedule(run_in_child, args=(task,), timeout=task.timeout)
+            except RuntimeError:  # the pool broke between its last result and this submit
+                log.warning("the handler pool refused a task; starting a new pool")
+                self._restart()
+                future = self._pool.schedule(run_in_child, args=(task,), timeout=task.timeout)
         future.add_done_callback(lambda f: done(task, self._outcome(task, f)))
+
+    def _restart(self) -> None:
+        old, self._pool, self._broken = self._pool, self._new_pool(), False
+        self.restarts += 1
+        old.stop()
+        threading.Thread(target=old.join, kwargs={"timeout": 10}, daemon=True).start()
 
     def _outcome(self, task: Task, future: concurrent.futures.Future[AttemptResult]) -> AttemptResult:
         spec = self.registry.get(task.handler)
@@ -50,6 +79,13 @@ class ProcessExecutor:
                                  covered=spec.retry.covers(HandlerTimeout) if spec else True)
         except ProcessExpired as expired:
             exc = HandlerCrashed(f"the process running {task.handler} died (exit code {expired.exitcode})")
+            return AttemptResult(Outcome.CRASHED, error=error_info(exc, tb=False),
+                                 covered=spec.retry.covers(HandlerCrashed) if spec else True)
+        except BrokenProcessPool:
+            with self._lock:
+                self._broken = True
+            exc = HandlerCrashed("a handler process died and took the pool with it (this attempt's or one "
+                                 "running beside it); the pool is started again")
             return AttemptResult(Outcome.CRASHED, error=error_info(exc, tb=False),
                                  covered=spec.retry.covers(HandlerCrashed) if spec else True)
         except concurrent.futures.CancelledError:

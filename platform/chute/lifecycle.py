@@ -64,16 +64,18 @@ def lease_expired(job: JobState, now: datetime) -> bool:
     return job.status is S.RUNNING and (job.lease_expires_at is None or job.lease_expires_at <= now)
 
 
-def claim(job: JobState, now: datetime, redelivered: bool = False) -> Claim:
+def claim(job: JobState, now: datetime) -> Claim:
     """Whether a fetched message may start an attempt.
 
-    A ``running`` job is taken back when its lease has expired, or when RabbitMQ redelivers its
-    message (it does so only after the consumer holding it went away)."""
+    A ``running`` job is taken back only when its lease has expired. A message RabbitMQ redelivers
+    (its consumer's connection dropped) does not take a job from an owner that still renews the lease:
+    a cut connection must not cost a live worker's attempt nor run the handler twice at once. A worker
+    that really died stops renewing, and the lease brings its job back."""
     if job.status in TERMINAL:
         return Claim.SKIP
     if job.status is S.RETRYING and job.next_attempt_at is not None and job.next_attempt_at > now:
         return Claim.SKIP
-    if job.status is S.RUNNING and not (lease_expired(job, now) or redelivered):
+    if job.status is S.RUNNING and not lease_expired(job, now):
         return Claim.SKIP
     if job.attempts >= job.max_attempts:
         return Claim.EXHAUSTED

@@ -196,7 +196,7 @@ def _record(writes: TurnWrites, row: dict[str, Any] | None, item: Finished, regi
 def _claim(writes: TurnWrites, row: dict[str, Any] | None, message: JobMessage, lease: float) -> Claimed:
     if row is None:
         return Claimed(message, None, None)
-    decision = lifecycle.claim(state(row), writes.now, message.redelivered)
+    decision = lifecycle.claim(state(row), writes.now)
     if decision is not Claim.SKIP and row["status"] is S.RUNNING:
         writes.close(row["id"], row["attempts"], Outcome.LOST, lifecycle.lost_attempt_error(row["attempts"]))
     if decision is Claim.RUN:

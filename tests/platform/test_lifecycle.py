@@ -26,7 +26,7 @@ def test_a_pending_job_runs() -> None:
 
 @pytest.mark.parametrize("status", [S.PROCESSED, S.FAILED])
 def test_a_finished_job_is_never_run_again(status: S) -> None:
-    assert claim(job(status, 1), NOW, redelivered=True) is Claim.SKIP
+    assert claim(job(status, 1), NOW) is Claim.SKIP
 
 
 def test_a_retry_runs_only_when_due() -> None:
@@ -39,11 +39,12 @@ def test_a_running_job_with_a_live_lease_is_left_alone() -> None:
     assert claim(live, NOW) is Claim.SKIP
 
 
-def test_a_running_job_is_taken_back_when_its_lease_expired_or_the_broker_redelivers() -> None:
+def test_a_running_job_is_taken_back_only_when_its_lease_expired() -> None:
+    """Not on a redelivery: a connection cut while its worker still renews the lease costs no attempt."""
     expired = job(S.RUNNING, 1, lease_expires_at=NOW - timedelta(seconds=1), lease_owner="w1")
     live = job(S.RUNNING, 1, lease_expires_at=NOW + timedelta(seconds=5), lease_owner="w1")
     assert claim(expired, NOW) is Claim.RUN
-    assert claim(live, NOW, redelivered=True) is Claim.RUN
+    assert claim(live, NOW) is Claim.SKIP
 
 
 def test_a_lease_expires_at_its_time_not_before() -> None:
@@ -54,7 +55,7 @@ def test_a_lease_expires_at_its_time_not_before() -> None:
 
 
 def test_a_cancelled_job_is_never_run() -> None:
-    assert claim(job(S.CANCELLED), NOW, redelivered=True) is Claim.SKIP
+    assert claim(job(S.CANCELLED), NOW) is Claim.SKIP
 
 
 def test_a_published_job_is_rechecked_after_its_age_and_never_sooner_than_the_grace() -> None:

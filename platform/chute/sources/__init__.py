@@ -18,7 +18,8 @@ class JobMessage:
     """One fetched "job X is due": a RabbitMQ delivery, a reserved row, or an in-memory entry."""
 
     job_id: str
-    #: the source handed it out before, to a consumer that went away (RabbitMQ's redelivered flag)
+    #: the source handed it out before, to a consumer that went away (RabbitMQ's redelivered flag);
+    #: told in the log only: whether the job runs again is the lease's decision (``lifecycle.claim``)
     redelivered: bool = False
     #: what the source needs to ack or requeue it (a kombu message, a reservation time); opaque here
     handle: Any = field(default=None, compare=False)

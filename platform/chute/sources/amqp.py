@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kombu.connection import Connection
+from kombu.exceptions import KombuError
 from kombu.messaging import Consumer
 
 from chute.broker import Broker, Publisher, job_message
@@ -150,7 +151,8 @@ class AmqpSource:
     def _errors(self) -> tuple[type[BaseException], ...]:
         conn = self._conn
         extra = (conn.connection_errors + conn.channel_errors) if conn is not None else ()
-        return (OSError, BrokerUnavailable, *extra)
+        # KombuError: a message acked on a channel whose connection is gone (RecoverableConnectionError)
+        return (OSError, BrokerUnavailable, KombuError, *extra)
 
     def _connect(self, timeout: float) -> bool:
         wait = self._retry_at - time.monotonic()
@@ -165,7 +167,7 @@ class AmqpSource:
             channel.basic_qos(0, self.prefetch, False)
             consumer = Consumer(channel, [self.broker.work_queue], on_message=self._on_message, no_ack=False)
             consumer.consume()
-        except (OSError, *conn.connection_errors, *conn.channel_errors) as exc:
+        except (OSError, KombuError, *conn.connection_errors, *conn.channel_errors) as exc:
             conn.release()
             self._retry_at = time.monotonic() + self._backoff
             log.warning("cannot reach the broker at %s (%s: %s); trying again in %.1fs", self.broker.safe_url,

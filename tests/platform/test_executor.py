@@ -1,0 +1,41 @@
+"""The process pool handlers run in: a pool that breaks as a whole is started again, not left refusing."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from chute.executor import ProcessExecutor
+from chute.registry import load_handlers
+from chute.runner import Task
+from chute.status import AttemptResult, Outcome
+
+HANDLERS = Path(__file__).resolve().parent / "kit_handlers"
+
+
+def task(tmp_path: Path, job_id: str) -> Task:
+    original = tmp_path / job_id
+    original.write_bytes(b"x")
+    return Task(job_id=job_id, handler="echo", attempt=1, path=str(original), filename="a.txt",
+                content_type="text/plain", size=1, sha256="", artifacts_dir=str(tmp_path / f"{job_id}-artifacts"),
+                scratch_root=str(tmp_path / "scratch"), timeout=30)
+
+
+def test_a_broken_pool_fails_its_attempts_as_crashed_and_the_next_attempt_gets_a_new_pool(tmp_path: Path) -> None:
+    executor = ProcessExecutor(1, HANDLERS, load_handlers(HANDLERS))
+    try:
+        broken: concurrent.futures.Future[AttemptResult] = concurrent.futures.Future()
+        broken.set_exception(BrokenProcessPool("All workers expired"))  # what pebble hands every task in flight
+        result = executor._outcome(task(tmp_path, "a"), broken)
+        assert (result.outcome, (result.error or {}).get("type"), result.covered) == \
+            (Outcome.CRASHED, "HandlerCrashed", True)
+        executor._pool.stop()  # the old pool is unusable, as a broken one is
+        done = threading.Event()
+        got: list[AttemptResult] = []
+        executor.submit(task(tmp_path, "b"), lambda _t, r: (got.append(r), done.set()))
+        assert done.wait(60), "the attempt after the break never finished"
+        assert got[0].outcome is Outcome.PROCESSED and executor.restarts == 1
+    finally:
+        executor.close(wait=False)
