@@ -79,7 +79,12 @@ class HandlerCrashed(ChuteError):
 
 
 class InvalidResult(ChuteError):
-    """A handler returned something that cannot be stored as JSON."""
+    """A handler returned something that cannot be stored as JSON, or more of it than a job may keep."""
+
+
+class MemoryLimitExceeded(Reject):
+    """The handler's process went past its memory limit (``@handler(memory_mb=…)``): the same file
+    would do it again, so the job fails at once, as a ``Reject``."""
 
 
 # Jobs and the broker

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from chute import lifecycle
@@ -155,6 +155,9 @@ class JobService:
             if c.decision is Claim.RUN:
                 log.info(_logfmt(event="start", job=c.job.id, handler=c.job.handler,
                                  attempt=f"{c.job.attempts}/{c.job.max_attempts}", status="running", worker=worker))
+            elif c.decision is Claim.SKIP and c.message.redelivered:
+                log.info(_logfmt(event="redelivery-skipped", job=c.job_id, status=c.job.status.value,
+                                 note="a redelivered message; the job's owner (if running) still renews its lease"))
             elif c.decision is Claim.EXHAUSTED:
                 log.warning(_logfmt(event="lost", job=c.job_id, handler=c.job.handler,
                                     attempt=f"{c.job.attempts}/{c.job.max_attempts}", status="failed"))
@@ -207,6 +210,29 @@ class JobService:
                                        .where(Attempt.outcome.is_not(None))
                                        .group_by(Job.handler, Attempt.outcome))
             return by_status, [(h, o, n) for h, o, n in attempts if o is not None]
+
+    # --- retention ----------------------------------------------------------------------------
+    def finished_before(self, cutoff: datetime, limit: int) -> list[tuple[str, str]]:
+        """(id, storage key) of jobs that ended before ``cutoff``, oldest first."""
+        with self.db.read() as session:
+            rows = session.execute(select(JOBS.c.id, JOBS.c.storage_key)
+                                   .where(JOBS.c.status.in_(list(lifecycle.TERMINAL)), JOBS.c.finished_at < cutoff)
+                                   .order_by(JOBS.c.finished_at).limit(limit))
+            return [(job_id, key) for job_id, key in rows]
+
+    def delete(self, job_ids: Sequence[str]) -> None:
+        """Jobs, their attempts and their email rows, in one transaction; a job re-run meanwhile stays."""
+        from chute.models import Delivery
+
+        if not job_ids:
+            return
+        with self.db.write() as session:
+            ended = list(session.scalars(_locked(self.db, select(Job.id).where(
+                Job.id.in_(job_ids), Job.status.in_(list(lifecycle.TERMINAL))))))
+            if ended:
+                session.execute(delete(Delivery).where(Delivery.job_id.in_(ended)))
+                session.execute(delete(Attempt).where(Attempt.job_id.in_(ended)))
+                session.execute(delete(Job).where(Job.id.in_(ended)))
 
     # --- the database as the queue -----------------------------------------------------------
     def reserve(self, limit: int, visibility: float) -> list[Due]:

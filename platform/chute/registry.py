@@ -32,6 +32,8 @@ class HandlerSpec:
     timeout: float
     notify: tuple[str, ...]
     func: Callable[..., Any] = field(compare=False, repr=False)
+    #: the address space its process may use, in MiB; None: the worker's default (CHUTE_HANDLER_MEMORY_MB)
+    memory_mb: int | None = None
 
     @property
     def retry(self) -> RetryPolicy:
@@ -49,6 +51,7 @@ class HandlerSpec:
             "extensions": list(self.extensions),
             "retry": self.retry.describe(),
             "timeout": self.timeout,
+            "memory_mb": self.memory_mb,
             "module": getattr(self.func, "__module__", None),
             "doc": inspect.getdoc(self.func),
         }
@@ -73,6 +76,7 @@ def handler(
     timeout: float = DEFAULT_TIMEOUT,
     name: str | None = None,
     notify: Iterable[str] = (),
+    memory_mb: int | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as the handler for one or more MIME types (``"image/*"`` patterns allowed)."""
     wanted = (types,) if isinstance(types, str) else tuple(types)
@@ -85,9 +89,11 @@ def handler(
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
     if timeout <= 0:
         raise RegistryError("timeout must be positive")
+    if memory_mb is not None and memory_mb < 64:
+        raise RegistryError("memory_mb must be at least 64 (MiB): a Python process needs that much to start")
 
     def decorate(func: F) -> F:
-        spec = HandlerSpec(name or func.__name__, normalised, exts, float(timeout), tuple(notify), func)
+        spec = HandlerSpec(name or func.__name__, normalised, exts, float(timeout), tuple(notify), func, memory_mb)
         setattr(func, HANDLER_ATTR, spec)
         return func
 

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from chute.errors import BrokerUnavailable
@@ -34,11 +34,14 @@ class Relay:
     publishes in the caller's thread (the testing kit, whose in-memory queue cannot fail)."""
 
     def __init__(self, jobs: JobService, publisher: JobPublisher | None, *, interval: float = 0.5,
-                 grace: float = 5.0, wakeup: threading.Event | None = None, threaded: bool = True) -> None:
+                 grace: float = 5.0, wakeup: threading.Event | None = None, threaded: bool = True,
+                 housekeeping: Callable[[], object] | None = None, housekeeping_every: float = 60.0) -> None:
         self.jobs, self.publisher = jobs, publisher
         self.interval, self.grace = interval, grace
         self.wakeup = wakeup
         self.threaded = threaded
+        #: run every ``housekeeping_every`` seconds from the relay's thread (retention)
+        self.housekeeping, self.housekeeping_every = housekeeping, housekeeping_every
         self._queue: queue.SimpleQueue[Due] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,7 +71,7 @@ class Relay:
             self.publisher.close()
 
     def _run(self) -> None:
-        next_sweep = time.monotonic()
+        next_sweep = next_housekeeping = time.monotonic()
         while not self._stop.is_set():
             fresh = self._take(timeout=max(0.0, min(self.interval, next_sweep - time.monotonic())))
             try:
@@ -77,6 +80,9 @@ class Relay:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.interval
                     self.sweep_once()
+                if self.housekeeping is not None and time.monotonic() >= next_housekeeping:
+                    next_housekeeping = time.monotonic() + self.housekeeping_every
+                    self.housekeeping()
             except BrokerUnavailable as exc:
                 self._broker_down(exc)
             except Exception:

@@ -10,12 +10,13 @@ import shutil
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from chute.context import Context, Upload, job_logger
-from chute.errors import HandlerTimeout, InvalidResult, Reject
+from chute.errors import HandlerTimeout, InvalidResult, MemoryLimitExceeded, Reject
 from chute.registry import HandlerSpec, Registry, load_handlers
 from chute.status import AttemptResult, Outcome
 
@@ -37,6 +38,10 @@ class Task:
     artifacts_dir: str
     scratch_root: str
     timeout: float
+    #: the address space the handler's process may use, in MiB (0: no limit); applied in child processes
+    memory_mb: int = 0
+    #: the most JSON the result may take
+    max_result_bytes: int = 1024 * 1024
 
 
 def error_info(exc: BaseException, tb: bool = True) -> dict[str, Any]:
@@ -57,12 +62,19 @@ def prepare(spec: HandlerSpec, task: Task) -> tuple[Upload, Context]:
     return upload, ctx
 
 
-def to_json(value: Any) -> Any:
-    """The value as it will be stored, or InvalidResult."""
+def to_json(value: Any, limit: int | None = None) -> Any:
+    """The value as it will be stored, or InvalidResult (not JSON, nested too deep, or over ``limit``
+    bytes: a result is a summary, and a huge one would weigh on every read of the job)."""
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
+        text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidResult(f"the handler returned something JSON cannot hold: {exc}") from None
+    except RecursionError:
+        raise InvalidResult("the handler returned a value nested too deeply to store") from None
+    if limit is not None and len(text) > limit:
+        raise InvalidResult(f"the handler's result is {len(text)} bytes of JSON, more than the {limit} a job may "
+                            "keep (CHUTE_MAX_RESULT_BYTES); save big output with ctx.save_artifact") from None
+    return json.loads(text)
 
 
 def run_spec(spec: HandlerSpec, task: Task, thread_timeout: bool = False) -> AttemptResult:
@@ -70,11 +82,15 @@ def run_spec(spec: HandlerSpec, task: Task, thread_timeout: bool = False) -> Att
     upload, ctx = prepare(spec, task)
     started = time.monotonic()
     try:
-        result = to_json(invoke(spec, upload, ctx, task.timeout, thread_timeout))
+        result = to_json(invoke(spec, upload, ctx, task.timeout, thread_timeout), task.max_result_bytes)
         return AttemptResult(Outcome.PROCESSED, result, artifacts=list(ctx.artifacts),
                              duration=time.monotonic() - started)
     except Reject as exc:
         return AttemptResult(Outcome.REJECTED, error=error_info(exc), duration=time.monotonic() - started)
+    except MemoryError:
+        limit = MemoryLimitExceeded(f"{spec.name} went past its memory limit of {task.memory_mb} MiB"
+                                    if task.memory_mb else f"{spec.name} ran out of memory")
+        return AttemptResult(Outcome.REJECTED, error=error_info(limit, tb=False), duration=time.monotonic() - started)
     except InvalidResult as exc:
         return AttemptResult(Outcome.INVALID, error=error_info(exc, tb=False), duration=time.monotonic() - started)
     except HandlerTimeout as exc:
@@ -150,4 +166,23 @@ def run_in_child(task: Task) -> AttemptResult:
         # Likely a rolling deploy: another worker may know it, so let the policy retry.
         return AttemptResult(Outcome.ERROR, covered=True, error={
             "type": "UnknownHandler", "traceback": "", "message": f"no handler named {task.handler!r} here"})
-    return run_spec(spec, task)
+    with memory_limit(task.memory_mb):
+        return run_spec(spec, task)
+
+
+@contextlib.contextmanager
+def memory_limit(mib: int) -> Iterator[None]:
+    """RLIMIT_AS for this (child) process while one attempt runs: an allocation past it raises
+    MemoryError in the handler instead of the kernel's OOM killer taking the worker's machine down."""
+    import resource
+
+    if mib <= 0:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    wanted = mib * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

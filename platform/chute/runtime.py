@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from chute.broker import Broker, Publisher
 from chute.db import Database
@@ -19,11 +20,12 @@ from chute.jobs import Clock, JobService, TransitionHook
 from chute.models import utcnow
 from chute.registry import Registry, load_handlers
 from chute.relay import JobPublisher, Relay
+from chute.retention import Retention
 from chute.settings import Settings
 from chute.sources import JobSource
 from chute.sources.memory import MemoryQueue
 from chute.storage import Storage
-from chute.worker import Worker
+from chute.worker import Fences, Worker
 
 if TYPE_CHECKING:
     from chute.notify import DeliveryHook, DeliveryStore, Notifier, Transport
@@ -35,6 +37,13 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+
+def _safe_url(url: str) -> str:
+    """The database URL for a message: the password hidden; just its scheme when it will not parse."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.partition(":")[0] + "://…"
 @dataclass
 class Runtime:
     settings: Settings
@@ -52,6 +61,8 @@ class Runtime:
     wakeup: threading.Event
     #: the testing kit's in-memory queue (``CHUTE_BROKER_URL=memory://``)
     memory: MemoryQueue | None = None
+    #: removes old finished jobs (``CHUTE_RETENTION_DAYS``); run by the relay
+    retention: Retention | None = None
     hooks: list[TransitionHook] = field(default_factory=list)
 
     @classmethod
@@ -59,7 +70,11 @@ class Runtime:
         from chute.notify import DeliveryHook, DeliveryStore
 
         registry = load_handlers(settings.handlers)
-        db = Database(settings.db_url)
+        try:
+            db = Database(settings.db_url)
+        except (ImportError, SQLAlchemyError, ValueError, OSError) as exc:  # no driver installed, a bad path
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"CHUTE_DATABASE_URL: cannot use {_safe_url(settings.db_url)}: {reason}") from None
         if migrate:
             try:
                 db.migrate()
@@ -80,10 +95,12 @@ class Runtime:
             publisher = Publisher(broker)
         elif settings.queue == "memory":
             publisher = memory = MemoryQueue()
+        storage = Storage(settings.files_dir)
+        retention = Retention(jobs, storage, settings.retention_days) if settings.retention_days else None
         relay = Relay(jobs, publisher, interval=settings.relay_interval, grace=settings.publish_grace, wakeup=wakeup,
-                      threaded=memory is None)
-        return cls(settings, db, jobs, Storage(settings.files_dir), registry, broker, relay, deliveries, mail_hook,
-                   wakeup, memory, jobs.hooks)
+                      threaded=memory is None, housekeeping=retention.sweep if retention else None)
+        return cls(settings, db, jobs, storage, registry, broker, relay, deliveries, mail_hook, wakeup, memory,
+                   retention, jobs.hooks)
 
     @property
     def scratch(self) -> Path:
@@ -120,7 +137,11 @@ class Runtime:
         executor = executor or ProcessExecutor(concurrency, self.settings.handlers, self.registry)
         return Worker(self.jobs, self.source(concurrency), self.registry, self.storage, executor,
                       concurrency=concurrency, scratch=self.scratch, lease=self.settings.lease_seconds,
-                      shutdown_grace=self.settings.shutdown_grace, describe=self.describe_queue)
+                      shutdown_grace=self.settings.shutdown_grace, describe=self.describe_queue, fences=self.fences)
+
+    @property
+    def fences(self) -> Fences:
+        return Fences(self.settings.handler_memory_mb, self.settings.max_result_bytes)
 
     def notifier(self, transport: Callable[[], Transport] | None = None, *, describe: str = "",
                  reconnect_max: float = 30.0, recover_every: float = 5.0) -> Notifier:

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     #: how long the relay leaves a fresh upload to the API's own publish before sending it itself
     publish_grace: float = Field(default=5.0, ge=2.0)
     log_level: str = "INFO"
+    #: the address space a handler's process may use, in MiB, unless its ``@handler(memory_mb=…)`` says
+    #: otherwise; past it the attempt fails as ``MemoryLimitExceeded`` (0: no limit)
+    handler_memory_mb: int = Field(default=1024, ge=0)
+    #: finished jobs older than this many days lose their files, artifacts and rows (0: kept forever)
+    retention_days: float = Field(default=0, ge=0)
+    #: the most JSON a job's result may take when stored; a bigger result fails the attempt
+    max_result_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     @field_validator("notify_default", "api_keys", mode="before")
     @classmethod

@@ -37,6 +37,15 @@ FAST_LOOKAHEAD, MAX_LOOKAHEAD = 64, 500  # times the concurrency; claimed beyond
 DB_BACKOFF_MAX = 2.0
 
 
+@dataclass(frozen=True)
+class Fences:
+    """What every attempt of this worker is held to, unless its handler says otherwise."""
+
+    #: the address space a handler's process may use, in MiB (0: no limit)
+    memory_mb: int = 0
+    max_result_bytes: int = 1024 * 1024
+
+
 @dataclass
 class Running:
     task: Task
@@ -48,10 +57,11 @@ class Running:
 class Worker:
     def __init__(self, jobs: JobService, source: JobSource, registry: Registry, storage: Storage,
                  executor: Executor, *, concurrency: int, scratch: Path, lease: float = 30.0,
-                 shutdown_grace: float = 30.0, describe: str = "") -> None:
+                 shutdown_grace: float = 30.0, describe: str = "", fences: Fences = Fences()) -> None:
         self.jobs, self.source, self.registry, self.storage = jobs, source, registry, storage
         self.executor, self.concurrency, self.scratch = executor, concurrency, scratch
         self.lease, self.shutdown_grace, self.describe = lease, shutdown_grace, describe
+        self.fences = fences
         self.id = worker_id()
         self.stopping = threading.Event()
         self.ready = threading.Event()
@@ -159,7 +169,7 @@ class Worker:
         acks: list[JobMessage] = []
         for outcome in claimed:
             if outcome.decision is Claim.RUN and outcome.job is not None:
-                task = task_for(outcome.job, self.storage, self.registry, self.scratch)
+                task = task_for(outcome.job, self.storage, self.registry, self.scratch, self.fences)
                 self._running[outcome.job_id] = Running(task, [outcome.message])
                 self.started += 1
                 self.executor.submit(task, self._results.put)
@@ -234,10 +244,12 @@ class Worker:
         log.info("worker %s stopped", self.id)
 
 
-def task_for(job: Job, storage: Storage, registry: Registry, scratch: Path) -> Task:
+def task_for(job: Job, storage: Storage, registry: Registry, scratch: Path, fences: Fences = Fences()) -> Task:
     """The plain-data description of the attempt a claimed job is about to make."""
     spec = registry.get(job.handler)
     original, artifacts = storage.locations(job.storage_key)
+    memory = spec.memory_mb if spec is not None and spec.memory_mb is not None else fences.memory_mb
     return Task(job_id=job.id, handler=job.handler, attempt=job.attempts, path=original, filename=job.filename,
                 content_type=job.content_type, size=job.size, sha256=job.sha256, artifacts_dir=artifacts,
-                scratch_root=str(scratch), timeout=spec.timeout if spec else DEFAULT_TIMEOUT)
+                scratch_root=str(scratch), timeout=spec.timeout if spec else DEFAULT_TIMEOUT, memory_mb=memory,
+                max_result_bytes=fences.max_result_bytes)

@@ -107,6 +107,13 @@ def test_a_handler_that_kills_its_process_is_a_failed_attempt_and_the_worker_goe
     assert fine["status"] == "processed"
 
 
+def test_a_handler_past_its_memory_limit_fails_at_once_and_the_worker_goes_on(chute: Any, wait: Any) -> None:
+    hog = chute.finished(chute.upload("data.hog"), wait)
+    assert (hog["status"], hog["attempts"], hog["error"]["type"]) == ("failed", 1, "MemoryLimitExceeded"), hog
+    assert "256 MiB" in hog["error"]["message"]
+    assert chute.finished(chute.upload("fine.txt"), wait)["status"] == "processed"
+
+
 @pytest.mark.rabbitmq
 def test_garbage_on_the_queue_is_dead_lettered_and_the_next_job_runs(
         rabbit: Any, wait: Any, dead_letters: Any, queue_prefix: str) -> None:

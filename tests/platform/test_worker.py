@@ -140,3 +140,35 @@ def test_an_upload_in_the_same_process_wakes_a_waiting_database_worker_at_once(t
         worker.stop()
         thread.join(10)
         rt.close()
+
+
+def test_a_result_bigger_than_a_job_may_keep_fails_the_job_with_the_reason(kit: ChuteApp) -> None:
+    job = kit.upload(b"x", "a.verbose")
+    kit.drain()
+    done = kit.job(job["id"])
+    assert (done["status"], done["attempts"], done["error"]["type"]) == ("failed", 1, "InvalidResult")
+    assert "CHUTE_MAX_RESULT_BYTES" in done["error"]["message"] and done["result"] is None
+
+
+def test_retention_removes_old_finished_jobs_files_and_rows_and_keeps_the_rest(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    app = ChuteApp(tmp_path / "var", handlers=HANDLERS, retention_days=1, notify_default=["ops@example.com"])
+    try:
+        old = app.upload(b"x", "old.txt")
+        app.drain()
+        app.clock.advance_to(app.clock() + timedelta(days=1, hours=1))
+        recent = app.upload(b"y", "recent.txt")
+        app.drain()
+        waiting = app.upload(b"z", "waiting.txt")  # not drained: pending, never removed
+        old_file = app.runtime.storage.path(app.runtime.storage.key_for(old["id"]))
+        assert old_file.exists() and app.client.get(f"/jobs/{old['id']}").status_code == 200
+        assert app.runtime.retention is not None
+        assert app.runtime.retention.sweep() == 1
+        assert app.client.get(f"/jobs/{old['id']}").status_code == 404
+        assert not old_file.exists(), "the old job's file went with it"
+        assert [app.job(j["id"])["status"] for j in (recent, waiting)] == ["processed", "pending"]
+        assert app.runtime.deliveries.for_job(old["id"]) == []
+        assert len(app.runtime.deliveries.for_job(recent["id"])) == 1
+    finally:
+        app.close()

@@ -90,5 +90,6 @@ class HandlerOut(BaseModel):
     extensions: list[str]
     retry: dict[str, Any]
     timeout: float
+    memory_mb: int | None = None
     module: str | None
     doc: str | None

@@ -65,7 +65,7 @@ class ChuteApp:
             raise RuntimeError("drain() runs on the in-memory queue: leave broker_url as memory://")
         return Worker(self.jobs, self.queue, self.runtime.registry, self.runtime.storage, self.executor,
                       concurrency=1, scratch=self.runtime.scratch, lease=self.settings.lease_seconds,
-                      shutdown_grace=0.0, describe="chute_app's in-memory queue")
+                      shutdown_grace=0.0, describe="chute_app's in-memory queue", fences=self.runtime.fences)
 
     def drain(self, max_attempts: int = 10_000) -> int:
         """Run every queued job and every retry (the kit's clock jumps to each one's time instead of

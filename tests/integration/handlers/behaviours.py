@@ -75,3 +75,11 @@ async def hang_async(upload: Upload, ctx: Context) -> dict[str, object]:
 def crash(upload: Upload, ctx: Context) -> dict[str, object]:
     """Kills the process running it, as a segfaulting parser would."""
     os._exit(11)
+
+
+@handler("text/x-hog", extensions=[".hog"], memory_mb=256)
+@retry(attempts=3, backoff=0.1)
+def hog(upload: Upload, ctx: Context) -> dict[str, object]:
+    """Asks for far more memory than its 256 MiB limit allows, as a 100 MB CSV of commas would."""
+    hoard = bytearray(1024 * 1024 * 1024)
+    return {"size": len(hoard)}

@@ -26,3 +26,9 @@ def nap(upload: Upload, ctx: Context) -> dict[str, object]:
     """Takes long enough (60 ms) that a worker claims one job at a time: work queued stays shareable."""
     time.sleep(0.06)
     return {"attempt": ctx.attempt}
+
+
+@handler("text/x-verbose", extensions=[".verbose"])
+def verbose(upload: Upload, ctx: Context) -> dict[str, object]:
+    """Returns two megabytes of JSON: more than a job may keep."""
+    return {"everything": "x" * (2 * 1024 * 1024)}
