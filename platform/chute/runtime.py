@@ -44,6 +44,8 @@ def _safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url.partition(":")[0] + "://…"
+
+
 @dataclass
 class Runtime:
     settings: Settings
