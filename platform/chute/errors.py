@@ -65,6 +65,22 @@ class MissingFile(InvalidUploadField):
         super().__init__(message, "file")
 
 
+class FormTooLarge(UploadTooLarge):
+    """More form fields, parts or field bytes than the CHUTE_MAX_* settings allow."""
+
+
+class UploadTimeout(UploadError):
+    """The body stalled past CHUTE_UPLOAD_IDLE_TIMEOUT, or took longer than CHUTE_UPLOAD_BODY_TIMEOUT."""
+
+    status_code = 408
+
+
+class InsufficientStorage(UploadError):
+    """The disk (or the database's) is full: nothing of the upload is kept."""
+
+    status_code = 507
+
+
 # Running handlers
 class Reject(ChuteError):
     """Raised by a handler: the file can never be processed, so fail the job now, without retries."""

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from chute.addresses import normalize_all
+from chute.addresses import in_domains, normalize_all, normalize_domain
 from chute.errors import ConfigError
 
 CommaList = Annotated[list[str], NoDecode]
@@ -62,9 +62,39 @@ class Settings(BaseSettings):
     #: how long a claim on an email lasts without renewal (a busy notifier renews it every quarter);
     #: the mail a dead notifier held goes out again soon after it
     notify_lease: float = Field(default=30.0, gt=0)
+    #: how many addresses one upload may name in ``notify`` (0: uploads may name none); the handler's
+    #: ``notify=`` and CHUTE_NOTIFY_DEFAULT are the operator's own and do not count
+    notify_max: int = Field(default=10, ge=0, le=1000)
+    #: the only recipient domains Chute mails, each with its subdomains (``example.com`` allows
+    #: ``eu.example.com``); empty: any domain. Declared before notify_default, which must fit it.
+    notify_domains: CommaList = []
+    #: emails one recipient gets about one job and event in all, the first included: an operator's
+    #: re-runs past it change the job but mail nobody again
+    notify_reruns: int = Field(default=3, ge=1, le=100)
     notify_default: CommaList = []
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    #: form fields besides the file one upload may carry (``notify`` repeated counts each time); past it, 413
+    max_fields: int = Field(default=64, gt=0, le=10_000)
+    #: bytes of all those fields together (a body without Content-Length included); past it, 413
+    max_field_bytes: int = Field(default=256 * 1024, gt=0, le=64 * 1024 * 1024)
+    #: multipart parts in one upload, the file's included; past it, 413
+    max_parts: int = Field(default=128, gt=0, le=10_000)
+    #: bytes of one part's headers (a 5,000-character file name fits); past it, 400
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    #: seconds an upload's body may go without sending a byte before it is cut with 408 (slowloris)
+    upload_idle_timeout: float = Field(default=30.0, gt=0, le=3600)
+    #: seconds one upload's whole body may take (a drip of a byte at a time included); past it, 408
+    upload_body_timeout: float = Field(default=1800.0, gt=0, le=86_400)
+    #: seconds a request's line and headers may take to arrive, from their first byte (a client that
+    #: sends nothing or a byte now and then holds no connection past it)
+    request_head_timeout: float = Field(default=10.0, gt=0, le=600)
     api_keys: CommaList = []
+    #: a key that opens ``/metrics`` alone (a Prometheus scraper's); API keys open it too. Set, it closes
+    #: ``/metrics`` even when CHUTE_API_KEYS is empty
+    metrics_key: str | None = Field(default=None, min_length=8, max_length=1024)
+    #: let ``chute serve``/``chute api`` listen beyond loopback with no CHUTE_API_KEYS: anyone who can
+    #: reach the port may then upload, read every job and download every file
+    allow_open: bool = False
     public_url: str = "http://127.0.0.1:8000"
     worker_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0, le=512)
     queue_type: str = "quorum"
@@ -97,15 +127,41 @@ class Settings(BaseSettings):
     def _emails(cls, value: list[str]) -> list[str]:
         return normalize_all(value)  # a BadAddress is a ValueError: pydantic reports it
 
+    @field_validator("notify_domains", mode="before")
+    @classmethod
+    def _domains(cls, value: Any) -> Any:
+        value = _split(value)
+        return [normalize_domain(d) for d in value] if isinstance(value, list) else value
+
+    @field_validator("notify_default")
+    @classmethod
+    def _defaults_in_domains(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        domains = info.data.get("notify_domains") or []
+        outside = [address for address in value if not in_domains(address, domains)]
+        if outside:
+            raise ValueError(f"{outside[0]!r} is outside CHUTE_NOTIFY_DOMAINS ({', '.join(domains)})")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        if value:
-            try:
-                make_url(value)
-            except ArgumentError:
-                raise ValueError(f"{value!r} is not a SQLAlchemy URL (say sqlite:///var/chute.db)") from None
+        if not value:
+            return value
+        example = "say sqlite:///var/chute.db or postgresql+psycopg://user:pass@host/db"
+        try:  # never echo the value: it may hold a password
+            url = make_url(value)
+        except (ArgumentError, ValueError):
+            raise ValueError(f"not a SQLAlchemy URL ({example})") from None
+        try:
+            url.get_dialect()
+        except ArgumentError:  # NoSuchModuleError: no such dialect or driver
+            raise ValueError(f"no SQLAlchemy dialect or driver {url.drivername!r} ({example})") from None
         return value
+
+    @field_validator("metrics_key", mode="before")
+    @classmethod
+    def _metrics_key(cls, value: Any) -> Any:
+        return (value.strip() or None) if isinstance(value, str) else value  # set but empty: no key
 
     @field_validator("broker_url")
     @classmethod

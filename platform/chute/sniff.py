@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import json
 import mimetypes
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,13 +59,50 @@ def _shape(head: bytes) -> str | None:
     if text[:1] not in (b"{", b"["):
         return None
     lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) >= 2 and lines[1].lstrip()[:1] in (b"{", b"["):
-        try:
-            json.loads(lines[0])
-            return "application/jsonl"
-        except ValueError:
-            pass
+    if len(lines) >= 2 and lines[1].lstrip()[:1] in (b"{", b"[") and _one_value(lines[0]):
+        return "application/jsonl"
     return "application/json"
+
+
+#: deeper than this, a line's nesting is checked by the bracket scan alone, never by ``json.loads``
+#: (whose scanner recurses once per level: 3,000 ``[`` are a RecursionError, not a ValueError)
+SHALLOW = 32
+#: a whole string (possessive: no backtracking), a bracket, or a quote that opens no whole string
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*+"|[\[\]{}]|"')
+_PAIRS = {ord("]"): ord("["), ord("}"): ord("{")}
+
+
+def _one_value(line: bytes) -> bool:
+    """Whether ``line`` is one whole JSON value, found without recursing on the client's bytes (and in
+    linear time): its brackets outside strings must pair up and close exactly at the end of the line."""
+    stripped = line.strip()
+    if stripped[-1:] not in (b"]", b"}"):
+        return False
+    stack = bytearray()
+    deepest = 0
+    for token in _TOKENS.finditer(stripped):
+        b = stripped[token.start()]
+        if b == 0x22:  # '"'
+            if token.end() - token.start() == 1:
+                return False  # a string that never ends
+            continue
+        if b in _PAIRS:
+            if not stack or stack.pop() != _PAIRS[b]:
+                return False
+            if not stack and token.end() != len(stripped):
+                return False  # the first value ends before the line does
+        else:
+            stack.append(b)
+            deepest = max(deepest, len(stack))
+    if stack:
+        return False
+    if deepest > SHALLOW:
+        return True
+    try:
+        json.loads(stripped)
+    except ValueError:
+        return False
+    return True
 
 
 #: formats built on another: with no handler of their own they go to their container's (a .docx is a ZIP)
@@ -113,8 +151,9 @@ def detect(head: bytes, filename: str, declared: str | None,
     if magic:
         return Detected(magic, magic, declared, by_ext, False)
     if looks_like_text(head):
-        candidates = [claimed, by_ext, declared if declared not in GENERIC else None, _shape(head)]
-        mime = next((c for c in candidates if c and is_textual(c) and "*" not in c), "text/plain")
+        candidates = [claimed, by_ext, declared if declared not in GENERIC else None]
+        mime = next((c for c in candidates if c and is_textual(c) and "*" not in c), None)
+        mime = mime or _shape(head) or "text/plain"  # the content's shape only when nothing else said
         return Detected(mime, "text/plain", declared, by_ext or claimed, True)
     # Binary without known magic: trust the extension, then the client, before giving up.
     candidates = [claimed, by_ext, declared]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -14,26 +16,46 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chute.batching import GroupCommit
-from chute.errors import UploadTooLarge
+from chute.errors import InsufficientStorage, UploadTooLarge
 
 HEAD_BYTES = 8192
 #: start writing back to disk every so often, so the final fsync has little left to do
 FLUSH_EVERY = 32 * 1024 * 1024
 MAX_NAME = 200
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+#: control, invisible formatting (bidi overrides like U+202E), surrogate and private-use characters,
+#: and the line and paragraph separators (U+2028, U+2029) that some mail and log readers break lines at
+_DROPPED = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+_LEADING = re.compile(r"^[\s.]+")
+#: errors that mean the disk (or the user's quota on it) is full
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def clean_filename(name: str | None) -> str:
-    """A display name that is safe to store, log and put in a mail header: never used as a path."""
-    name = unicodedata.normalize("NFC", name or "")
-    # Drop control characters and the invisible formatting ones (bidi overrides like U+202E).
-    name = "".join(ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co"))
-    name = _UNSAFE.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1]).strip().lstrip(".")
+    """A display name that is safe to store, log and put in a mail header: never used as a path.
+
+    The result is one path component (no separator, never ``.`` or ``..``, no leading dot), has none
+    of the ``_DROPPED`` characters, is at most ``MAX_NAME`` characters, and cleaning it again changes
+    nothing (an artifact is found again by its cleaned name)."""
+    cleaned = _clean_once(name or "")
+    for _ in range(3):  # NFC of a shortened name can differ from the name: settle on a fixed point
+        again = _clean_once(cleaned)
+        if again == cleaned:
+            break
+        cleaned = again
+    return cleaned or "upload"
+
+
+def _clean_once(name: str) -> str:
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in _DROPPED)
+    name = _UNSAFE.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1])
+    name = _LEADING.sub("", name).rstrip()
     if len(name) > MAX_NAME:
         _, dot, ext = name.rpartition(".")
-        ext = ext if dot and 0 < len(ext) <= 16 else ""
+        ext = ext if dot and 0 < len(ext) <= 16 and ext.strip() == ext else ""
         name = name[: MAX_NAME - len(ext) - 1].rstrip() + ("." + ext if ext else "")
-    return name or "upload"
+    return name
 
 
 def extension_of(name: str) -> str:
@@ -72,7 +94,11 @@ class FileWriter:
                  on_durable: Callable[[], None] = lambda: None) -> None:
         self.path, self.key, self.limit = path, key, limit
         self._dirsync, self._new_dir, self._on_durable = dirsync, new_dir, on_durable
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o440)
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o440)
+        except OSError as exc:
+            _raise_if_full(exc)
+            raise
         self._hash = hashlib.sha256()
         self._head = bytearray()
         self.size = 0
@@ -88,14 +114,19 @@ class FileWriter:
             self._head += chunk[: HEAD_BYTES - len(self._head)]
         self._hash.update(chunk)
         view = memoryview(chunk)
-        while view:
-            view = view[os.write(self._fd, view):]
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            self.abort()
+            _raise_if_full(exc)
+            raise
         self.size += len(chunk)
         self._unflushed += len(chunk)
         if self._unflushed >= FLUSH_EVERY and (self._flusher is None or not self._flusher.is_alive()):
             # fdatasync in a thread: the disk writes back while we keep receiving.
             self._unflushed = 0
-            self._flusher = threading.Thread(target=os.fdatasync, args=(self._fd,), daemon=True)
+            self._flusher = threading.Thread(target=_write_back, args=(self._fd,), daemon=True)
             self._flusher.start()
 
     @property
@@ -107,7 +138,12 @@ class FileWriter:
         """Make the bytes and the directory entry durable; blocking, so call it off the event loop."""
         if self._flusher is not None:
             self._flusher.join()
-        os.fsync(self._fd)
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self.abort()
+            _raise_if_full(exc)
+            raise
         os.close(self._fd)
         self._done = True
         self._dirsync.sync(self.path.parent)
@@ -117,13 +153,33 @@ class FileWriter:
         return StoredFile(self.key, self.path, self.size, self._hash.hexdigest(), bytes(self._head))
 
     def abort(self) -> None:
+        """Remove the unfinished file; a finished one is left alone (see ``discard``)."""
         if self._done:
             return
         self._done = True
         if self._flusher is not None:
             self._flusher.join()
-        os.close(self._fd)
+        try:
+            os.close(self._fd)
+        finally:
+            self.path.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Remove the file, finished or not: no job row will ever point at it."""
+        self.abort()
         self.path.unlink(missing_ok=True)
+
+
+def _write_back(fd: int) -> None:
+    """An early fdatasync; an error here (a full disk) is reported again by ``finish``'s fsync."""
+    with contextlib.suppress(OSError):
+        os.fdatasync(fd)
+
+
+def _raise_if_full(exc: OSError) -> None:
+    if exc.errno in DISK_FULL:
+        raise InsufficientStorage(f"the server's disk is full ({os.strerror(exc.errno or 0)}); "
+                                  "nothing was kept, try again later") from exc
 
 
 def _fsync_for(path: Path, _items: list[None]) -> None:
@@ -165,7 +221,11 @@ class Storage:
         path = self.path(key)
         new_dir = key[:2] not in self._shards  # until a finished file has made its folder durable
         if new_dir:
-            path.parent.mkdir(exist_ok=True)
+            try:
+                path.parent.mkdir(exist_ok=True)
+            except OSError as exc:
+                _raise_if_full(exc)
+                raise
         return FileWriter(path, key, limit, self._dirsync, new_dir, lambda: self._shards.add(key[:2]))
 
     def artifacts_dir(self, key: str) -> Path:

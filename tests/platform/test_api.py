@@ -185,7 +185,6 @@ def raw_upload(filename: bytes, content: bytes, fields: dict[str, str] | None = 
 
 @pytest.mark.parametrize(("raw", "expected"), [
     (b"../../etc/passwd", "passwd"),
-    (b"evil\x00name.txt", "evilname.txt"),
     (b"tab\tand\x1bescape.txt", "tabandescape.txt"),
     (b"a" * 5000 + b".txt", "a" * 196 + ".txt"),
     ("cod\u202etxt.exe".encode(), "codtxt.exe"),
