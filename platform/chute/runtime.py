@@ -37,7 +37,6 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-
 def _safe_url(url: str) -> str:
     """The database URL for a message: the password hidden; just its scheme when it will not parse."""
     try:
@@ -76,6 +75,8 @@ class Runtime:
             db = Database(settings.db_url)
         except (ImportError, SQLAlchemyError, ValueError, OSError) as exc:  # no driver installed, a bad path
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, ImportError):
+                reason = f"its driver is not installed ({reason})"
             raise ConfigError(f"CHUTE_DATABASE_URL: cannot use {_safe_url(settings.db_url)}: {reason}") from None
         if migrate:
             try:
@@ -85,7 +86,8 @@ class Runtime:
                 raise ConfigError(f"CHUTE_DATABASE_URL: cannot use {db.engine.url.render_as_string()}: "
                                   f"{reason}") from None
         mail_hook = DeliveryHook(registry, defaults=settings.notify_default, mail_from=settings.mail_from,
-                                 public_url=settings.public_url)
+                                 public_url=settings.public_url, domains=settings.notify_domains,
+                                 reruns=settings.notify_reruns)
         jobs = JobService(db, hooks=[mail_hook], clock=clock)
         deliveries = DeliveryStore(db, attempts=settings.notify_attempts, backoff=settings.notify_backoff,
                                    max_backoff=settings.notify_max_backoff, lease=settings.notify_lease)

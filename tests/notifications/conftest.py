@@ -179,6 +179,32 @@ def tls_sink(tls_files: dict[str, Any]) -> Iterator[SmtpSink]:
         sink.stop()
 
 
+class _Logins:
+    """An authenticator that accepts ``user``/``secret`` and remembers every login it was sent."""
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+
+    def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> Any:
+        from aiosmtpd.smtp import AuthResult
+
+        self.seen.append(auth_data.password)
+        ok = (auth_data.login, auth_data.password) == (b"user", b"secret")
+        return AuthResult(success=ok, auth_data=auth_data if ok else None)
+
+
+@pytest.fixture
+def plain_auth_sink() -> Iterator[tuple[SmtpSink, _Logins]]:
+    """A server that offers AUTH over a connection it never encrypts (no STARTTLS at all): a client
+    that logs in there sends its password in clear text."""
+    logins = _Logins()
+    sink = SmtpSink(free_port(), authenticator=logins, auth_require_tls=False).start()
+    try:
+        yield sink, logins
+    finally:
+        sink.stop()
+
+
 @pytest.fixture
 def handlers_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "handlers"

@@ -70,6 +70,9 @@ def transport_for(settings: Settings) -> tuple[Callable[[], Transport], str]:
     if settings.smtp_url:
         config = SmtpConfig.from_url(settings.smtp_url, timeout=settings.smtp_timeout, verify=settings.smtp_verify,
                                      ca_file=settings.smtp_ca_file)
+        if config.clear_text_login:
+            log.warning("CHUTE_SMTP_URL says starttls=false with a login: the password goes to %s:%d in clear "
+                        "text", config.host, config.port)
         return (lambda: SmtpTransport(config)), config.safe_url
     folder = settings.eml_folder
     return (lambda: EmlTransport(folder)), f"the .eml folder {folder} (no CHUTE_SMTP_URL)"

@@ -50,7 +50,7 @@ from sqlalchemy import Table, bindparam, create_engine, event, func, insert, or_
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from chute.addresses import BadAddress, normalize_all
+from chute.addresses import BadAddress, Recipients, normalize_all
 from chute.db import CursorStatement, Database, make_engine
 from chute.errors import ConfigError
 from chute.models import Delivery, DeliveryStatus, Job, UTCDateTime, utcnow
@@ -108,9 +108,12 @@ def snapshot(job: Job, event: str, public_url: str) -> dict[str, Any]:
     result_json = "" if job.result is None else json.dumps(job.result, indent=2, ensure_ascii=False, default=str)
     error = None
     if job.error:
+        # The type and the message, never the traceback: it shows the server's paths and code to
+        # whoever an upload named. It stays on the job (GET /jobs/{id}) for the operator. The key is
+        # kept, empty, so an operator's template written for it still renders.
         error = {"type": str(job.error.get("type") or "Error"),
                  "message": _truncate(str(job.error.get("message") or ""), ERROR_MAX),
-                 "traceback": _truncate(str(job.error.get("traceback") or ""), ERROR_MAX)}
+                 "traceback": ""}
     return {
         "event": event,
         "public_url": public_url,
@@ -157,16 +160,35 @@ def merge_recipients(*groups: Iterable[str]) -> list[str]:
 
 class DeliveryHook:
     """``JobService`` hook: the upload's ``notify``, the handler's ``notify=[...]`` and
-    ``CHUTE_NOTIFY_DEFAULT``, one row each, in the job's own terminal transaction."""
+    ``CHUTE_NOTIFY_DEFAULT``, one row each, in the job's own terminal transaction.
 
-    def __init__(self, registry: Registry, *, defaults: Sequence[str], mail_from: str, public_url: str) -> None:
-        self.by_handler = {spec.name: validated(spec.notify, f"@handler {spec.name!r} notify=")
+    Two limits hold here, where every email is born, whoever asked for it:
+    - ``domains`` (``CHUTE_NOTIFY_DOMAINS``): the handlers' and the defaults' addresses must fit it at
+      start-up (a ConfigError naming them), and an address outside it gets no row (a job uploaded before
+      the list was set, re-run after);
+    - ``reruns`` (``CHUTE_NOTIFY_RERUNS``): one recipient gets at most that many emails about one job
+      and event, the first included; an operator re-running a failing job in a loop changes the job,
+      and past the cap mails nobody again (a log line says so; the rows already made stay on the job)."""
+
+    def __init__(self, registry: Registry, *, defaults: Sequence[str], mail_from: str, public_url: str,
+                 domains: Sequence[str] = (), reruns: int = 3) -> None:
+        self.rules = Recipients(domains=tuple(domains))
+        self.by_handler = {spec.name: self._allowed(validated(spec.notify, f"@handler {spec.name!r} notify="),
+                                                    f"@handler {spec.name!r} notify=")
                            for spec in registry if spec.notify}
-        self.defaults = list(defaults)
+        self.defaults = self._allowed(list(defaults), "invalid setting CHUTE_NOTIFY_DEFAULT")
+        self.reruns = reruns
         self.mail_from = mail_from
         self.public_url = public_url.rstrip("/")
         #: called after the transaction commits, so a notifier in this process starts at once
         self.listeners: list[Callable[[], None]] = []
+
+    def _allowed(self, addresses: list[str], where: str) -> list[str]:
+        outside = [address for address in addresses if not self.rules.allows(address)]
+        if outside:
+            raise ConfigError(f"{where}: {outside[0]!r} is outside CHUTE_NOTIFY_DOMAINS "
+                              f"({', '.join(self.rules.domains)})")
+        return addresses
 
     def recipients(self, job: Job) -> list[str]:
         return merge_recipients(job.notify or [], self.by_handler.get(job.handler, []), self.defaults)
@@ -177,11 +199,21 @@ class DeliveryHook:
         recipients = self.recipients(job)
         if not recipients:
             return
-        last_run = session.scalar(select(func.max(T.run)).where(T.job_id == job.id, T.event == event_name))
-        run = (last_run or 0) + 1
+        conn = session.connection()
+        mailed: dict[str, int] = {}
+        last_run = 0
+        for recipient, count, top in conn.execute(
+                select(T.recipient, func.count(), func.max(T.run))
+                .where(T.job_id == job.id, T.event == event_name).group_by(T.recipient)):
+            mailed[recipient.lower()] = mailed.get(recipient.lower(), 0) + int(count)
+            last_run = max(last_run, int(top))
+        run = last_run + 1
+        recipients = [address for address in recipients if self._may_mail(job, event_name, address, mailed, run)]
+        if not recipients:
+            return
         now = utcnow()
         context = snapshot(job, event_name, self.public_url)
-        session.connection().execute(insert(DELIVERIES), [{
+        conn.execute(insert(DELIVERIES), [{
             "job_id": job.id, "event": event_name, "recipient": address, "run": run, "status": D.PENDING,
             "attempts": 0, "message_id": message_id_for(job.id, event_name, address, run, self.mail_from),
             "context": context, "next_attempt_at": now, "created_at": now, "updated_at": now,
@@ -189,6 +221,19 @@ class DeliveryHook:
         if self.listeners and not session.info.get("chute_wake"):
             session.info["chute_wake"] = True
             event.listen(session, "after_commit", self._after_commit, once=True)
+
+    def _may_mail(self, job: Job, event_name: str, address: str, mailed: dict[str, int], run: int) -> bool:
+        if not self.rules.allows(address):
+            log.warning("event=mail-refused job=%s mail=%s to=%s run=%d note=outside CHUTE_NOTIFY_DOMAINS; "
+                        "no email", job.id, event_name, address, run)
+            return False
+        sent = mailed.get(address.lower(), 0)
+        if sent >= self.reruns:
+            log.warning("event=mail-capped job=%s mail=%s to=%s run=%d mailed=%d note=CHUTE_NOTIFY_RERUNS is "
+                        "%d: this re-run mails this recipient no more", job.id, event_name, address, run, sent,
+                        self.reruns)
+            return False
+        return True
 
     def _after_commit(self, _session: Session) -> None:
         for wake in list(self.listeners):

@@ -90,7 +90,10 @@ class SmtpConfig:
     """``smtp://user:pass@host:587?starttls=true`` or ``smtps://host:465``.
 
     ``starttls``: ``true`` requires the upgrade, ``false`` never tries it; left out, it is used when
-    the server offers it. ``smtps://`` is TLS from the first byte. The password is never logged."""
+    the server offers it, and required when the URL has a login: credentials never go out in clear
+    text unless the URL says ``?starttls=false`` itself (a server that offers no STARTTLS is then a
+    ConnectFailed that says so, and the mail waits). ``smtps://`` is TLS from the first byte. The
+    password is never logged."""
 
     host: str
     port: int
@@ -124,10 +127,17 @@ class SmtpConfig:
             port = parts.port or (465 if use_tls else 587 if start_tls else 25)
         except ValueError:
             raise ValueError("the port is not a number from 1 to 65535") from None
+        if parts.username and not use_tls and start_tls is None:
+            start_tls = True  # a login is never sent in clear text unless the URL asks for it
         return cls(parts.hostname, port, use_tls, False if use_tls else start_tls,
                    unquote(parts.username) if parts.username else None,
                    unquote(parts.password) if parts.password else None,
                    timeout, verify, ca_file)
+
+    @property
+    def clear_text_login(self) -> bool:
+        """A login over a connection that is never encrypted: only when the URL said starttls=false."""
+        return self.username is not None and not self.use_tls and self.start_tls is False
 
     @property
     def safe_url(self) -> str:
@@ -164,6 +174,15 @@ def classify_data(exc: BaseException) -> SendError:
                                   "accepted it, so it is not sent again on its own", connection_lost=True)
 
 
+def _connect_problem(config: SmtpConfig, exc: BaseException) -> str:
+    if config.start_tls and type(exc) is SMTPException and "STARTTLS" in str(exc).upper():
+        why = ("the URL has a login, and Chute never sends one in clear text" if config.username
+               else "the URL asks for starttls=true")
+        return (f"the server does not offer STARTTLS, and {why}; nothing was sent (make the server offer "
+                "STARTTLS, use smtps://, or say ?starttls=false in CHUTE_SMTP_URL to allow clear text)")
+    return _describe(exc)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SMTPResponseException):
         what = {SMTPSenderRefused: "MAIL FROM", SMTPRecipientRefused: "RCPT TO", SMTPDataError: "DATA"}
@@ -198,7 +217,7 @@ class SmtpTransport:
             await smtp.connect()
         except (SMTPException, OSError, ssl.SSLError) as exc:
             smtp.close()
-            raise ConnectFailed(f"{c.safe_url}: {_describe(exc)}") from exc
+            raise ConnectFailed(f"{c.safe_url}: {_connect_problem(c, exc)}") from exc
         except BaseException:  # cancelled (the notifier is stopping): close the socket all the same
             smtp.close()
             raise
