@@ -23,13 +23,47 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = {"processed", "failed"}
 
 
-def _runtime(migrate: bool = True) -> Any:
+def _runtime(migrate: bool = True, host: str | None = None) -> Any:
+    """``host``: the address ``serve``/``api`` will listen on, checked before anything is built."""
     from chute.runtime import Runtime, configure_logging
     from chute.settings import load_settings
 
     settings = load_settings()
+    if host is not None:
+        _check_exposure(host, settings)
     configure_logging(settings.log_level)
     return Runtime.build(settings, migrate=migrate)
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` stands for is this machine's loopback (127.0.0.0/8, ::1)."""
+    import ipaddress
+    import socket
+
+    name = host.strip().removeprefix("[").removesuffix("]")
+    if not name:
+        return False  # uvicorn binds every interface
+    try:
+        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    try:
+        return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_loopback
+                                   for info in infos)
+    except ValueError:
+        return False
+
+
+def _check_exposure(host: str, settings: Any) -> None:
+    """Listening beyond loopback needs keys, or CHUTE_ALLOW_OPEN=1 to say an open Chute is meant."""
+    if settings.api_keys or is_loopback(host):
+        return
+    if not settings.allow_open:
+        raise ConfigError(f"--host {host} is reachable from other machines and CHUTE_API_KEYS is not set: "
+                          f"set CHUTE_API_KEYS (clients send Authorization: Bearer KEY), or CHUTE_ALLOW_OPEN=1 "
+                          f"to serve it open, or listen on 127.0.0.1")
+    typer.echo(f"chute: warning: listening on {host} with no CHUTE_API_KEYS (CHUTE_ALLOW_OPEN=1): anyone who "
+               f"reaches it can upload, read every job and download every file", err=True)
 
 
 def _start_notifier(rt: Any) -> Any:
@@ -51,11 +85,9 @@ def _fail(message: str, code: int = 2) -> None:
 def serve(host: str = "127.0.0.1", port: int = 8000,
           concurrency: Annotated[int | None, typer.Option(help="handler processes")] = None) -> None:
     """API + worker + notifier in one process, on embedded defaults: the one command for a fresh machine."""
-    import uvicorn
+    from chute.api import create_app, server
 
-    from chute.api import create_app
-
-    rt = _runtime()
+    rt = _runtime(host=host)
     notifier = _start_notifier(rt)
     worker = rt.worker(concurrency)
     thread = threading.Thread(target=worker.run, name="chute-worker", daemon=True)
@@ -63,7 +95,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     typer.echo(f"chute: serving on http://{host}:{port} (docs at /docs); jobs queue in {rt.describe_queue}; "
                f"mail via {notifier.describe}", err=True)
     try:
-        uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
+        server.run(create_app(rt), rt.settings, host, port)
     finally:
         worker.stop()
         thread.join(timeout=60)
@@ -74,13 +106,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
 @app.command()
 def api(host: str = "127.0.0.1", port: int = 8000) -> None:
     """The HTTP API alone (run workers with ``chute worker``)."""
-    import uvicorn
+    from chute.api import create_app, server
 
-    from chute.api import create_app
-
-    rt = _runtime()
+    rt = _runtime(host=host)
     try:
-        uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
+        server.run(create_app(rt), rt.settings, host, port)
     finally:
         rt.close()
 

@@ -55,6 +55,9 @@ class ChuteApp:
         self.app = create_app(self.runtime, relay=False)
         self.client = TestClient(self.app)
         self.client.__enter__()
+        #: what ``upload()`` and ``job()`` send: the first of CHUTE_API_KEYS when keys are on (``client``
+        #: itself sends none, so a test can still see a 401)
+        self.headers = {"Authorization": f"Bearer {self.settings.api_keys[0]}"} if self.settings.api_keys else {}
         #: every email the app sent, parsed (``email.message.EmailMessage``), in the order sent
         self.outbox: list[EmailMessage] = []
         self.notifier = self.runtime.notifier(lambda: ListTransport(self.outbox), describe="chute_app.outbox")
@@ -94,13 +97,14 @@ class ChuteApp:
         return _run(self.notifier.run_once(due_only=False))  # one pass: each pending email tried once
 
     def job(self, job_id: str) -> dict[str, Any]:
-        response = self.client.get(f"/jobs/{job_id}")
+        response = self.client.get(f"/jobs/{job_id}", headers=self.headers)
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
 
     def upload(self, content: bytes, filename: str, **data: Any) -> dict[str, Any]:
-        response = self.client.post("/uploads", files={"file": (filename, content)}, data=data)
+        response = self.client.post("/uploads", files={"file": (filename, content)}, data=data,
+                                    headers=self.headers)
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
