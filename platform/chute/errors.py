@@ -94,6 +94,11 @@ class HandlerCrashed(ChuteError):
     """The process running an attempt died (signal, out of memory, os._exit)."""
 
 
+class PoolBroken(HandlerCrashed):
+    """A handler process died and the pool stopped every attempt running beside it too: the attempt's
+    own handler may be innocent, so it is retried whatever its policy covers."""
+
+
 class InvalidResult(ChuteError):
     """A handler returned something that cannot be stored as JSON, or more of it than a job may keep."""
 

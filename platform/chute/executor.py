@@ -15,7 +15,7 @@ from typing import Protocol
 
 from pebble import ProcessExpired, ProcessPool
 
-from chute.errors import HandlerCrashed, HandlerTimeout
+from chute.errors import HandlerCrashed, HandlerTimeout, PoolBroken
 from chute.registry import Registry
 from chute.runner import Task, error_info, init_child, run_in_child, run_spec
 from chute.status import AttemptResult, Outcome
@@ -84,10 +84,11 @@ class ProcessExecutor:
         except BrokenProcessPool:
             with self._lock:
                 self._broken = True
-            exc = HandlerCrashed("a handler process died and took the pool with it (this attempt's or one "
-                                 "running beside it); the pool is started again")
-            return AttemptResult(Outcome.CRASHED, error=error_info(exc, tb=False),
-                                 covered=spec.retry.covers(HandlerCrashed) if spec else True)
+            exc = PoolBroken("a handler process died and took the pool with it (this attempt's or one "
+                             "running beside it); the pool is started again")
+            # Retried whatever the policy covers: the process that died may be another job's, and the
+            # attempts still count, so a file that breaks the pool every time ends failed all the same.
+            return AttemptResult(Outcome.CRASHED, error=error_info(exc, tb=False), covered=True)
         except concurrent.futures.CancelledError:
             exc = HandlerCrashed("the attempt was cancelled before it finished")
             return AttemptResult(Outcome.CRASHED, error=error_info(exc, tb=False), covered=True)

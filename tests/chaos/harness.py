@@ -98,6 +98,8 @@ BEHAVIOURS: dict[str, Behaviour] = {b.handler: b for b in (
     Behaviour("chaos_suicide", ".suicide", 0.06, "failed", 2, "HandlerCrashed"),
 )}
 WORKER_LOST = "WorkerLost"
+#: an attempt stopped because another job's handler process died and took the pool with it
+POOL_BROKEN = "PoolBroken"
 
 
 # --- how big a run is ------------------------------------------------------------------------------
@@ -418,6 +420,11 @@ class AttemptRow:
     number: int
     outcome: str | None
     error_type: str | None
+
+
+def victim(attempt: AttemptRow) -> bool:
+    """An attempt something outside its handler ended: a killed worker, or a sibling that broke the pool."""
+    return attempt.outcome == "lost" or (attempt.outcome == "crashed" and attempt.error_type == POOL_BROKEN)
 
 
 @dataclass(frozen=True)
@@ -1014,9 +1021,9 @@ class ChaosRun:
         for a in counted:
             if a.outcome is None:
                 r.problem("attempts", f"{where}: attempt {a.number} of a {job.status} job was left open")
-            elif a.outcome != "lost" and a.outcome != b.outcome(a.number, item.parameter):
+            elif not victim(a) and a.outcome != b.outcome(a.number, item.parameter):
                 r.problem("outcome", f"{where}: attempt {a.number} ended {a.outcome} ({a.error_type}), expected "
-                                     f"{b.outcome(a.number, item.parameter)} or lost")
+                                     f"{b.outcome(a.number, item.parameter)}, lost or PoolBroken")
         last = outcomes[-1] if outcomes else None
         if job.status == "processed":
             r.processed += 1
@@ -1030,13 +1037,14 @@ class ChaosRun:
         r.failed += 1
         if b.ends == "processed":
             # legitimate only when every attempt it had was taken by a worker kill, the last included
-            if job.error_type == WORKER_LOST and job.attempts == job.max_attempts and last == "lost":
+            if job.error_type in (WORKER_LOST, POOL_BROKEN) and job.attempts == job.max_attempts and counted and \
+                    victim(counted[-1]):
                 r.failed_worker_lost += 1
             else:
                 r.problem("outcome", f"{where}: failed with {job.error_type} after {job.attempts}/{job.max_attempts}"
                                      f" attempts {outcomes}; only a job whose last attempt a kill took may fail")
             return
-        expected = WORKER_LOST if last == "lost" else b.final_error
+        expected = WORKER_LOST if last == "lost" else POOL_BROKEN if counted and victim(counted[-1]) else b.final_error
         if job.attempts != job.max_attempts or job.error_type != expected:
             r.problem("outcome", f"{where}: failed with {job.error_type} after {job.attempts}/{job.max_attempts} "
                                  f"attempts {outcomes}; expected {expected} after {job.max_attempts}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import threading
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -23,6 +24,22 @@ def task(tmp_path: Path, job_id: str) -> Task:
                 scratch_root=str(tmp_path / "scratch"), timeout=30)
 
 
+def test_a_broken_pool_is_retried_whatever_the_policy_covers(tmp_path: Path) -> None:
+    """Pebble breaks the whole pool when one child dies, so an attempt that ran beside it fails too:
+    that is no fault of its handler, and ``on=(OSError,)`` must not make it final (a chaos run saw a
+    slow job failed after 1 of 6 attempts because a sibling killed itself)."""
+    executor = ProcessExecutor(1, HANDLERS, load_handlers(HANDLERS))
+    try:
+        broken: concurrent.futures.Future[AttemptResult] = concurrent.futures.Future()
+        broken.set_exception(BrokenProcessPool("All workers expired"))
+        patient = dataclasses.replace(task(tmp_path, "a"), handler="patient")  # on=(OSError,) only
+        result = executor._outcome(patient, broken)
+        assert (result.outcome, (result.error or {}).get("type"), result.covered) == \
+            (Outcome.CRASHED, "PoolBroken", True)
+    finally:
+        executor.close(wait=False)
+
+
 def test_a_broken_pool_fails_its_attempts_as_crashed_and_the_next_attempt_gets_a_new_pool(tmp_path: Path) -> None:
     executor = ProcessExecutor(1, HANDLERS, load_handlers(HANDLERS))
     try:
@@ -30,7 +47,7 @@ def test_a_broken_pool_fails_its_attempts_as_crashed_and_the_next_attempt_gets_a
         broken.set_exception(BrokenProcessPool("All workers expired"))  # what pebble hands every task in flight
         result = executor._outcome(task(tmp_path, "a"), broken)
         assert (result.outcome, (result.error or {}).get("type"), result.covered) == \
-            (Outcome.CRASHED, "HandlerCrashed", True)
+            (Outcome.CRASHED, "PoolBroken", True)
         executor._pool.stop()  # the old pool is unusable, as a broken one is
         done = threading.Event()
         got: list[AttemptResult] = []
