@@ -15,12 +15,14 @@ from typing import Protocol
 
 from pebble import ProcessExpired, ProcessPool
 
+from chute import poolfix
 from chute.errors import HandlerCrashed, HandlerTimeout, PoolBroken
 from chute.registry import Registry
 from chute.runner import Task, error_info, init_child, run_in_child, run_spec
 from chute.status import AttemptResult, Outcome
 
 log = logging.getLogger("chute.executor")
+poolfix.install()  # a dead process fails the attempt it died in (see chute.poolfix)
 Done = Callable[[Task, AttemptResult], None]
 
 

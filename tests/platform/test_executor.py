@@ -56,3 +56,20 @@ def test_a_broken_pool_fails_its_attempts_as_crashed_and_the_next_attempt_gets_a
         assert got[0].outcome is Outcome.PROCESSED and executor.restarts == 1
     finally:
         executor.close(wait=False)
+
+
+def test_a_dead_process_fails_the_attempt_it_died_in_not_the_one_it_had_finished() -> None:
+    """pebble's own lookup blamed the first task on file for the dead process: one it had finished but
+    whose result was not read yet. Driven through pebble's real ``find_expired_task``."""
+    import types
+
+    import pebble.pool.process as pebble_process
+
+    import chute.executor  # noqa: F401  (installs the fix, as the worker does)
+
+    finished = types.SimpleNamespace(id=1, worker_id=4242)  # its result is still in the pipe
+    other = types.SimpleNamespace(id=2, worker_id=5151)
+    died_in = types.SimpleNamespace(id=3, worker_id=4242)
+    manager = types.SimpleNamespace(task_manager=types.SimpleNamespace(tasks={1: finished, 2: other, 3: died_in}))
+    assert pebble_process.PoolManager.find_expired_task(manager, 4242) is died_in  # type: ignore[arg-type]
+    assert pebble_process.PoolManager.find_expired_task(manager, 5151) is other  # type: ignore[arg-type]
