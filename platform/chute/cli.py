@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -20,7 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 Url = Annotated[str, typer.Option("--url", envvar="CHUTE_URL", help="where Chute's API answers")]
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = {"processed", "failed"}
+TERMINAL = {"processed", "failed", "cancelled"}
 
 
 def _runtime(migrate: bool = True, host: str | None = None) -> Any:
@@ -279,39 +280,186 @@ def _wait(client: Any, job_id: str, timeout: float = 3600) -> Any:
         delay = min(delay * 1.5, 2.0)
 
 
-@app.command()
-def jobs(status: Annotated[str | None, typer.Option(help="pending, running, retrying, processed, failed")] = None,
-         handler: str | None = None, limit: int = 20, url: Url = DEFAULT_URL) -> None:
-    """The newest jobs."""
-    from rich.console import Console
-    from rich.table import Column, Table
+# --- jobs: list, one view, cancel, re-run ------------------------------------------------------------
+AsJson = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of a table")]
+JobRef = Annotated[str, typer.Argument(help="a job id, or its last 8 characters as `chute jobs` shows them "
+                                            "(any unique start or end of it, 4 characters or more)")]
+WATCH_EVERY = 1.0
+_HEX_REF = re.compile(r"[0-9a-f]{4,32}")
 
-    params = {k: v for k, v in {"status": status, "handler": handler, "limit": limit}.items() if v}
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _resolve(client: Any, ref: str) -> str:
+    """A whole id, or the one job whose id starts or ends with ``ref``; anything else is refused, the
+    candidates named."""
+    ref = ref.strip().lower().lstrip("…")
+    if not _HEX_REF.fullmatch(ref):
+        _fail(f"{ref!r} is not a job id (hex, 4 to 32 characters)", 1)
+    if len(ref) == 32:
+        return ref
+    found: dict[str, None] = {}
+    for side in ("id_suffix", "id_prefix"):
+        for job in _check(client.get("/jobs", params={side: ref, "limit": 3}))["items"]:
+            found[job["id"]] = None
+    if not found:
+        _fail(f"no job id starts or ends with {ref}", 1)
+    if len(found) > 1:
+        _fail(f"{ref} is ambiguous, it matches {', '.join(found)}{' and more' if len(found) > 2 else ''}: "
+              "give more of the id", 1)
+    return next(iter(found))
+
+
+@app.command()
+def jobs(status: Annotated[str | None, typer.Option(
+             help="pending, running, retrying, processed, failed or cancelled")] = None,
+         handler: str | None = None,
+         q: Annotated[str | None, typer.Option("--search", "-q", help="a part of the file name, or the start of "
+                                               "a sha256 (six hex digits or more)")] = None,
+         limit: int = 20,
+         watch: Annotated[bool, typer.Option("--watch", help="a live table, refreshed every second until Ctrl-C")]
+         = False,
+         as_json: AsJson = False, url: Url = DEFAULT_URL) -> None:
+    """The newest jobs (ids shortened to their last 8 characters: `chute job`, `cancel` and `retry` take them)."""
+    from rich.console import Console
+
+    from chute.terminal import jobs_table
+
+    if watch and as_json:
+        _fail("--watch shows a live table; --json prints the list once: choose one")
+    params = {k: v for k, v in {"status": status, "handler": handler, "q": q, "limit": limit}.items() if v}
     with _client(url) as client:
+        if watch:
+            _watch(client, params, Console())
+            return
         page = _check(client.get("/jobs", params=params))
-    table = Table(Column("id", no_wrap=True, min_width=32), "status", "handler", "file", "attempts", "created")
-    for job in page["items"]:
-        table.add_row(job["id"], job["status"], job["handler"], job["filename"],
-                      f"{job['attempts']}/{job['max_attempts']}", job["created_at"][:19])
-    Console().print(table)
+    if as_json:
+        _print_json(page)
+        return
+    Console().print(jobs_table(page["items"]))
+
+
+def _watch(client: Any, params: dict[str, Any], console: Any) -> None:
+    """Ask for the list every second and redraw it in place; a broken connection is shown and retried."""
+    import httpx
+    from rich.live import Live
+
+    from chute.terminal import jobs_table
+
+    with Live(console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                stamp = time.strftime("%H:%M:%S")
+                try:
+                    page = _check(client.get("/jobs", params=params))
+                    caption = f"{stamp} · every {WATCH_EVERY:g} s · Ctrl-C to stop"
+                    live.update(jobs_table(page["items"], caption=caption), refresh=True)
+                except httpx.HTTPError as exc:
+                    live.update(f"{stamp} · cannot reach {client.base_url} ({type(exc).__name__}); trying again",
+                                refresh=True)
+                _pause(WATCH_EVERY)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command("job")
+def job_cmd(ref: JobRef, as_json: AsJson = False, url: Url = DEFAULT_URL) -> None:
+    """One job from upload to email: the file, its handler, every attempt, the result, artifacts, emails."""
+    from rich.console import Console
+
+    from chute.terminal import job_view
+
+    with _client(url) as client:
+        job_id = _resolve(client, ref)
+        job = _check(client.get(f"/jobs/{job_id}"))
+        attempts = _check(client.get(f"/jobs/{job_id}/attempts"))
+    if as_json:
+        _print_json({"job": job, "attempts": attempts})
+        return
+    Console().print(job_view(job, attempts))
+
+
+@app.command()
+def cancel(ref: JobRef,
+           kill: Annotated[bool, typer.Option("--kill", help="a running job: stop its attempt now, not at its end")]
+           = False,
+           url: Url = DEFAULT_URL) -> None:
+    """Cancel a job: pending or retrying, it never runs again; running, it ends when its attempt does (or at
+    once with --kill). Nobody is mailed."""
+    with _client(url) as client:
+        job_id = _resolve(client, ref)
+        job = _check(client.post(f"/jobs/{job_id}/cancel", params={"kill": "true"} if kill else {}))
+    if job["status"] == "running":
+        typer.echo(f"chute: job {job_id} is running: " + ("its worker stops it now" if job["cancel_requested"] ==
+                   "kill" else "it ends cancelled when its attempt ends (--kill stops it now)"), err=True)
+    typer.echo(json.dumps({k: job[k] for k in ("id", "status", "handler", "cancel_requested")}))
 
 
 @app.command("retry")
-def retry_cmd(job_id: str, url: Url = DEFAULT_URL) -> None:
-    """Re-run a failed job."""
+def retry_cmd(ref: Annotated[str | None, typer.Argument(help="the failed job to re-run (as `chute job` takes it)")]
+              = None,
+              all_failed: Annotated[bool, typer.Option("--all-failed", help="re-run every failed job")] = False,
+              handler: Annotated[str | None, typer.Option(help="with --all-failed: only this handler's")] = None,
+              url: Url = DEFAULT_URL) -> None:
+    """Re-run a failed job, or every failed one (--all-failed, optionally of one --handler)."""
+    if (ref is None) == (not all_failed) or (handler and not all_failed):
+        _fail("give a job id, or --all-failed [--handler H]")
     with _client(url) as client:
-        job = _check(client.post(f"/jobs/{job_id}/retry"))
+        if all_failed:
+            params = {"status": "failed", **({"handler": handler} if handler else {})}
+            done = _check(client.post("/jobs/retry", params=params))
+            typer.echo(f"chute: re-running {done['count']} failed job{'s' if done['count'] != 1 else ''}", err=True)
+            typer.echo(json.dumps(done))
+            return
+        assert ref is not None
+        job = _check(client.post(f"/jobs/{_resolve(client, ref)}/retry"))
     typer.echo(json.dumps({k: job[k] for k in ("id", "status", "handler")}))
 
 
 @app.command()
-def handlers(url: Url = DEFAULT_URL) -> None:
+def handlers(as_json: AsJson = False, url: Url = DEFAULT_URL) -> None:
     """The handlers a running Chute has, with their types and retry policies."""
     with _client(url) as client:
-        for spec in _check(client.get("/handlers")):
-            retry = spec["retry"]
-            typer.echo(f"{spec['name']:<16} {', '.join(spec['types'] + spec['extensions']):<40} "
-                       f"attempts={retry['attempts']} backoff={retry['backoff']}s timeout={spec['timeout']:g}s")
+        specs = _check(client.get("/handlers"))
+    if as_json:
+        _print_json(specs)
+        return
+    for spec in specs:
+        retry = spec["retry"]
+        typer.echo(f"{spec['name']:<16} {', '.join(spec['types'] + spec['extensions']):<40} "
+                   f"attempts={retry['attempts']} backoff={retry['backoff']}s timeout={spec['timeout']:g}s")
+
+
+@app.command("new-handler")
+def new_handler(
+        name: Annotated[str, typer.Argument(help="the handler's name: its function's and its module's, like "
+                                                 "markdown_headings")],
+        mime: Annotated[str, typer.Option("--type", help="the MIME type it handles, like text/markdown (or a "
+                                                         "pattern, like image/*)")],
+        ext: Annotated[list[str] | None, typer.Option("--ext", help="an extension it claims, like .md "
+                                                                    "(repeatable)")] = None,
+        tests: Annotated[Path | None, typer.Option(help="the folder its test goes in (default: tests/handlers of "
+                                                        "the project that holds the handlers folder)")] = None) -> None:
+    """Scaffold a handler in CHUTE_HANDLERS (handlers/NAME.py) and its test (tests/handlers/test_NAME.py),
+    which pass `make test` as written. Nothing is overwritten, and nothing is written that would stop Chute
+    at start (a name, type or extension another handler has)."""
+    from chute import scaffold
+    from chute.settings import load_settings
+
+    try:
+        written = scaffold.new_handler(name, mime, ext or [], load_settings().handlers, tests)
+    except scaffold.ScaffoldRefused as exc:
+        _fail(f"new-handler: {exc}")
+        return
+    for path in written:
+        typer.echo(f"wrote {scaffold.shown(path)}")
+    typer.echo(f"next: make it yours, then `make test` (or .venv/bin/pytest {scaffold.shown(written[-1])})")
 
 
 def main() -> None:

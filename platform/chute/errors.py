@@ -99,6 +99,10 @@ class PoolBroken(HandlerCrashed):
     own handler may be innocent, so it is retried whatever its policy covers."""
 
 
+class JobCancelled(ChuteError):
+    """An operator cancelled the job with ``kill=true``: its attempt's process was stopped."""
+
+
 class InvalidResult(ChuteError):
     """A handler returned something that cannot be stored as JSON, or more of it than a job may keep."""
 

@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Protocol
 from pebble import ProcessExpired, ProcessPool
 
 from chute import poolfix
-from chute.errors import HandlerCrashed, HandlerTimeout, PoolBroken
+from chute.errors import HandlerCrashed, HandlerTimeout, JobCancelled, PoolBroken
 from chute.registry import Registry
 from chute.runner import Task, error_info, init_child, run_in_child, run_spec
 from chute.status import AttemptResult, Outcome
@@ -28,6 +29,7 @@ Done = Callable[[Task, AttemptResult], None]
 
 class Executor(Protocol):
     def submit(self, task: Task, done: Done) -> None: ...
+    def kill(self, job_id: str) -> bool: ...
     def close(self, wait: bool) -> None: ...
 
 
@@ -37,7 +39,10 @@ class ProcessExecutor:
     pebble's pool can break as a whole: a child that dies before the pool has noted which task it took
     ("All workers expired") aborts every task in flight with ``BrokenProcessPool`` and refuses new ones.
     Those attempts end ``crashed`` (counted: one of them killed its process), and the next submit
-    starts a new pool, so the worker goes on instead of failing every job after."""
+    starts a new pool, so the worker goes on instead of failing every job after.
+
+    ``kill`` stops one attempt (an operator's ``cancel?kill=true``): pebble ends the process running
+    it and starts another in its slot; the attempt ends ``cancelled``, not ``crashed``."""
 
     def __init__(self, concurrency: int, handlers: Path, registry: Registry) -> None:
         self.registry = registry
@@ -47,6 +52,9 @@ class ProcessExecutor:
         self._broken = False
         #: pools started again after breaking
         self.restarts = 0
+        #: the attempt each job has in the pool, and the jobs whose attempt ``kill`` stopped
+        self._inflight: dict[str, concurrent.futures.Future[AttemptResult]] = {}
+        self._killed: set[str] = set()
 
     def _new_pool(self) -> ProcessPool:
         return ProcessPool(max_workers=self.concurrency, context=multiprocessing.get_context("spawn"),
@@ -62,7 +70,41 @@ class ProcessExecutor:
                 log.warning("the handler pool refused a task; starting a new pool")
                 self._restart()
                 future = self._pool.schedule(run_in_child, args=(task,), timeout=task.timeout)
-        future.add_done_callback(lambda f: done(task, self._outcome(task, f)))
+            self._inflight[task.job_id] = future
+        submitted = time.monotonic()
+        future.add_done_callback(lambda f: done(task, self._finished(task, f, submitted)))
+
+    def kill(self, job_id: str) -> bool:
+        """Stop the attempt of ``job_id`` now, running or still queued; False when there is none."""
+        with self._lock:
+            future = self._inflight.get(job_id)
+            if future is None or future.done():
+                return False
+            self._killed.add(job_id)
+        if future.cancel():  # runs the done callback here, which takes the lock: not held now
+            return True
+        with self._lock:
+            self._killed.discard(job_id)
+        return False
+
+    def running(self, job_id: str) -> bool:
+        """Whether a child process has taken the attempt of ``job_id``."""
+        with self._lock:
+            future = self._inflight.get(job_id)
+        return future is not None and future.running()
+
+    def _finished(self, task: Task, future: concurrent.futures.Future[AttemptResult],
+                  submitted: float) -> AttemptResult:
+        with self._lock:
+            if self._inflight.get(task.job_id) is future:
+                del self._inflight[task.job_id]
+            killed = task.job_id in self._killed
+            self._killed.discard(task.job_id)
+        if killed and future.cancelled():
+            exc = JobCancelled(f"{task.handler} was stopped by an operator's cancel (kill=true)")
+            return AttemptResult(Outcome.CANCELLED, error=error_info(exc, tb=False), covered=False,
+                                 duration=time.monotonic() - submitted)
+        return self._outcome(task, future)
 
     def _restart(self) -> None:
         old, self._pool, self._broken = self._pool, self._new_pool(), False
@@ -87,7 +129,7 @@ class ProcessExecutor:
             with self._lock:
                 self._broken = True
             exc = PoolBroken("a handler process died and took the pool with it (this attempt's or one "
-                             "running beside it); the pool is started again")
+                                 "running beside it); the pool is started again")
             # Retried whatever the policy covers: the process that died may be another job's, and the
             # attempts still count, so a file that breaks the pool every time ends failed all the same.
             return AttemptResult(Outcome.CRASHED, error=error_info(exc, tb=False), covered=True)
@@ -120,6 +162,10 @@ class InlineExecutor:
         else:
             result = run_spec(spec, task, thread_timeout=True)
         done(task, result)
+
+    def kill(self, job_id: str) -> bool:
+        """An attempt here has ended before anyone can ask: a cancel waits for its outcome."""
+        return False
 
     def close(self, wait: bool) -> None:
         pass

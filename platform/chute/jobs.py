@@ -13,19 +13,34 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from chute import lifecycle
 from chute.db import CursorStatement, Database
 from chute.errors import InvalidTransition, JobNotFound
-from chute.lifecycle import Claim
+from chute.lifecycle import Cancel, CancelRequest, Claim, JobState
 from chute.models import Attempt, Job, JobStatus, utcnow
 from chute.registry import Registry
 from chute.sources import JobMessage
@@ -42,8 +57,12 @@ Due = tuple[str, datetime]
 #: called inside the transaction that moves a job to a terminal state: (session, job, event)
 TransitionHook = Callable[[Session, Job, str], None]
 Clock = Callable[[], datetime]
-#: the most rows the relay republishes in one statement batch
-__all__ = ["Claimed", "Clock", "Due", "Finished", "JobService", "Recorded", "TransitionHook", "new_job_id"]
+#: jobs a bulk re-run or cancel changes per transaction: each one holds SQLite's write lock for a few
+#: milliseconds, not the whole table's worth
+BULK_BATCH = 500
+_HEX = re.compile(r"[0-9a-f]{6,64}")
+__all__ = ["BULK_BATCH", "Claimed", "Clock", "Due", "Finished", "JobService", "Recorded", "TransitionHook",
+           "new_job_id", "search"]
 
 
 def new_job_id() -> str:
@@ -57,6 +76,44 @@ def _locked(db: Database, query: Select[Any]) -> Select[Any]:
 
 def _logfmt(**fields: Any) -> str:
     return " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+
+
+def _state(job: Job) -> JobState:
+    cancel = job.cancel_requested
+    return JobState(job.status, job.attempts, job.max_attempts, job.next_attempt_at, job.lease_expires_at,
+                    job.lease_owner, CancelRequest(cancel) if cancel else None)
+
+
+def search(q: str) -> ColumnElement[bool]:
+    """What the ``q`` filter matches: a part of the file name (any case), or, for six hex digits or more,
+    the start of the sha256 or of the job id. The name is a substring match: no index serves it, so
+    it reads every row the other filters leave."""
+    term = q.strip().lower()
+    clauses: list[ColumnElement[bool]] = [func.lower(JOBS.c.filename).contains(term, autoescape=True)]
+    if _HEX.fullmatch(term):
+        clauses += [JOBS.c.sha256.startswith(term, autoescape=True), JOBS.c.id.startswith(term, autoescape=True)]
+    return or_(*clauses)
+
+
+def _id_range(prefix: str) -> list[ColumnElement[bool]]:
+    """Ids that start with ``prefix`` (hex) as a range on the primary key, which an index serves (a
+    LIKE would not, under PostgreSQL's usual collations): ``3fa`` → ``3fa <= id < 3fb``."""
+    prefix = prefix.lower()
+    last = prefix[-1]
+    upper = prefix[:-1] + ("a" if last == "9" else chr(ord(last) + 1))  # hex order: 9 → a, f → g
+    return [JOBS.c.id >= prefix, JOBS.c.id < upper]
+
+
+def _matching(statuses: Collection[JobStatus] | None, handler: str | None, q: str | None) -> list[ColumnElement[bool]]:
+    """The filters the list, the count and the bulk actions share."""
+    conditions: list[ColumnElement[bool]] = []
+    if statuses:
+        conditions.append(JOBS.c.status.in_(list(statuses)))
+    if handler is not None:
+        conditions.append(JOBS.c.handler == handler)
+    if q and q.strip():
+        conditions.append(search(q))
+    return conditions
 
 
 class JobService:
@@ -97,13 +154,15 @@ class JobService:
             return list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.id)))
 
     def list_jobs(self, status: JobStatus | None = None, handler: str | None = None, limit: int = 50,
-             cursor: str | None = None) -> tuple[list[Job], str | None]:
-        """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat."""
-        query = select(Job)
-        if status is not None:
-            query = query.where(Job.status == status)
-        if handler is not None:
-            query = query.where(Job.handler == handler)
+                  cursor: str | None = None, *, q: str | None = None, id_prefix: str | None = None,
+                  id_suffix: str | None = None) -> tuple[list[Job], str | None]:
+        """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat. ``id_prefix``
+        goes by the primary key; ``id_suffix`` (the short id ``chute jobs`` shows) reads every id."""
+        query = select(Job).where(*_matching([status] if status is not None else None, handler, q))
+        if id_prefix:
+            query = query.where(*_id_range(id_prefix))
+        if id_suffix:
+            query = query.where(Job.id.endswith(id_suffix.lower(), autoescape=True))
         if cursor is not None:
             created, job_id = decode_cursor(cursor)
             query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
@@ -127,9 +186,97 @@ class JobService:
             job.status, job.attempts, job.error, job.result = S.PENDING, 0, None, None
             job.max_attempts = policy_attempts or job.max_attempts
             job.finished_at = job.next_attempt_at = job.lease_owner = job.lease_expires_at = None
+            job.cancel_requested = None
             job.updated_at = job.dispatch_at = now
         log.info(_logfmt(event="rerun", job=job_id, handler=job.handler, status="pending"))
         return cast(Job, job)
+
+    def cancel(self, job_id: str, kill: bool = False) -> tuple[Job, Cancel]:
+        """An operator cancels a job: ``Cancel.NOW`` (pending or retrying: ``cancelled``, committed, its
+        message dropped by whichever worker fetches it) or ``Cancel.MARK`` (running: the request is on
+        the row; the attempt's outcome makes it ``cancelled``, and ``kill`` has its worker stop it).
+        Raises InvalidTransition for a job that has ended."""
+        now = self.now()
+        with self.db.write() as session:
+            job = session.scalars(_locked(self.db, select(Job).where(Job.id == job_id))).first()
+            if job is None:
+                raise JobNotFound(job_id)
+            decision = lifecycle.cancel(_state(job))
+            if decision is Cancel.NOW:
+                lifecycle.check(job.status, S.CANCELLED)
+                job.status, job.finished_at, job.updated_at = S.CANCELLED, now, now
+                job.dispatch_at = job.next_attempt_at = None
+            else:
+                current = CancelRequest(job.cancel_requested) if job.cancel_requested else None
+                job.cancel_requested = lifecycle.cancel_request(current, kill).value
+                job.updated_at = now
+        log.info(_logfmt(event="cancel", job=job_id, handler=job.handler, status=job.status.value,
+                         requested=job.cancel_requested))
+        return cast(Job, job), decision
+
+    def count(self, statuses: Collection[JobStatus] | None = None, handler: str | None = None,
+              q: str | None = None) -> int:
+        """How many jobs the filters match: what a bulk action would touch, asked before it."""
+        with self.db.read() as session:
+            return int(session.scalar(select(func.count()).select_from(JOBS)
+                                      .where(*_matching(statuses, handler, q))) or 0)
+
+    def cancel_many(self, statuses: Collection[JobStatus] = lifecycle.CANCEL_AT_ONCE, handler: str | None = None,
+                    q: str | None = None) -> list[tuple[str, str]]:
+        """Cancel every pending or retrying job the filters match (running ones are left to ``cancel``),
+        ``BULK_BATCH`` per transaction; returns the (id, handler) of each."""
+        wanted = [s for s in statuses if s in lifecycle.CANCEL_AT_ONCE]
+        if not wanted:
+            raise InvalidTransition("only pending or retrying jobs can be cancelled in bulk")
+        for status in wanted:
+            lifecycle.check(status, S.CANCELLED)
+
+        def values(now: datetime) -> dict[str, Any]:
+            return {"status": S.CANCELLED, "finished_at": now, "updated_at": now, "dispatch_at": None,
+                    "next_attempt_at": None}
+
+        done = self._in_batches(_matching(wanted, handler, q), wanted, values)
+        log.info(_logfmt(event="cancel-many", handler=handler, q=q, count=len(done), status="cancelled"))
+        return [(job_id, name) for job_id, name, _ in done]
+
+    def retry_many(self, handler: str | None = None, q: str | None = None,
+                   attempts_for: Mapping[str, int] | None = None) -> list[Due]:
+        """Re-run every failed job the filters match, as ``retry_failed`` re-runs one (attempts from zero,
+        ``attempts_for[handler]`` attempts when the handler is known here), ``BULK_BATCH`` per transaction;
+        returns the jobs to hand to the relay."""
+        lifecycle.check(S.FAILED, S.PENDING)
+        policy = (case(dict(attempts_for), value=JOBS.c.handler, else_=JOBS.c.max_attempts)
+                  if attempts_for else JOBS.c.max_attempts)
+
+        def values(now: datetime) -> dict[str, Any]:
+            return {"status": S.PENDING, "attempts": 0, "error": null(), "result": null(), "max_attempts": policy,
+                    "finished_at": None, "next_attempt_at": None, "lease_owner": None, "lease_expires_at": None,
+                    "cancel_requested": None, "updated_at": now, "dispatch_at": now}
+
+        done = self._in_batches(_matching([S.FAILED], handler, q), [S.FAILED], values)
+        log.info(_logfmt(event="rerun-many", handler=handler, q=q, count=len(done), status="pending"))
+        return [(job_id, at) for job_id, _, at in done if at is not None]  # every one is due now
+
+    def _in_batches(self, conditions: list[ColumnElement[bool]], statuses: list[JobStatus],
+                    values: Callable[[datetime], dict[str, Any]]) -> list[tuple[str, str, datetime | None]]:
+        """Update the matching rows in id order, ``BULK_BATCH`` per committed transaction. Each batch
+        starts after the last id of the one before, so a job that comes back into the filter meanwhile
+        (re-run, failed again) is not taken twice, and the loop ends."""
+        done: list[tuple[str, str, datetime | None]] = []
+        after = ""
+        while True:
+            now = self.now()
+            with self.db.write() as session:
+                ids = list(session.scalars(_locked(self.db, select(JOBS.c.id).where(*conditions, JOBS.c.id > after)
+                                                   .order_by(JOBS.c.id).limit(BULK_BATCH))))
+                if ids:
+                    changed = session.execute(update(JOBS).where(JOBS.c.id.in_(ids), JOBS.c.status.in_(statuses))
+                                              .values(values(now))
+                                              .returning(JOBS.c.id, JOBS.c.handler, JOBS.c.dispatch_at))
+                    done += [(job_id, name, at) for job_id, name, at in changed]
+            if len(ids) < BULK_BATCH:
+                return done
+            after = ids[-1]
 
     # --- the worker side ----------------------------------------------------------------------
     def record_and_claim(self, finished: Sequence[Finished], messages: Sequence[JobMessage], worker: str,
@@ -161,6 +308,9 @@ class JobService:
             elif c.decision is Claim.EXHAUSTED:
                 log.warning(_logfmt(event="lost", job=c.job_id, handler=c.job.handler,
                                     attempt=f"{c.job.attempts}/{c.job.max_attempts}", status="failed"))
+            elif c.decision is Claim.CANCEL:
+                log.info(_logfmt(event="lost", job=c.job_id, handler=c.job.handler, status="cancelled",
+                                 note="its worker died after an operator asked to cancel it"))
 
     def _log_records(self, finished: Sequence[Finished], recorded: list[Recorded]) -> None:
         for item, rec in zip(finished, recorded, strict=True):
@@ -184,21 +334,30 @@ class JobService:
                 job = session.get(Job, job_id)
                 if job is None or job.status is not S.RUNNING or job.lease_owner != worker:
                     continue
-                lifecycle.check(job.status, S.PENDING)
-                job.status, job.attempts = S.PENDING, job.attempts - 1
+                back = S.CANCELLED if job.cancel_requested else S.PENDING  # an operator's cancel stands
+                lifecycle.check(job.status, back)
+                job.status, job.attempts = back, job.attempts - 1
                 job.lease_owner = job.lease_expires_at = None
-                job.updated_at = job.dispatch_at = now
+                job.updated_at = now
+                job.dispatch_at = now if back is S.PENDING else None
+                job.finished_at = now if back is S.CANCELLED else None
                 session.execute(update(Attempt).where(Attempt.job_id == job_id, Attempt.number == attempt,
                                                       Attempt.finished_at.is_(None))
                                 .values(finished_at=now, outcome=Outcome.INTERRUPTED.value))
-                log.info(_logfmt(event="handed-back", job=job_id, attempt=attempt, status="pending"))
+                log.info(_logfmt(event="handed-back", job=job_id, attempt=attempt, status=back.value))
 
-    def heartbeat(self, job_ids: Sequence[str], worker: str, lease: float) -> None:
-        if job_ids:
-            with self.db.write() as session:
-                session.execute(update(Job).where(Job.id.in_(job_ids), Job.lease_owner == worker,
-                                                  Job.status == S.RUNNING)
-                                .values(lease_expires_at=self.now() + timedelta(seconds=lease)))
+    def heartbeat(self, job_ids: Sequence[str], worker: str, lease: float) -> dict[str, CancelRequest]:
+        """Renew the leases of this worker's running jobs, and answer which of them an operator asked to
+        cancel: the same statement, so a worker learns of a cancel at no extra query. Not fsynced on
+        SQLite: a renewal lost to a power cut is one the lease makes good."""
+        if not job_ids:
+            return {}
+        with self.db.write(durable=False) as session:
+            rows = session.execute(update(JOBS).where(JOBS.c.id.in_(job_ids), JOBS.c.lease_owner == worker,
+                                                      JOBS.c.status == S.RUNNING)
+                                   .values(lease_expires_at=self.now() + timedelta(seconds=lease))
+                                   .returning(JOBS.c.id, JOBS.c.cancel_requested)).all()
+        return {job_id: CancelRequest(request) for job_id, request in rows if request}
 
     def counts(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
         """(handler, status, jobs) and (handler, outcome, attempts): what /metrics reports."""

@@ -20,7 +20,8 @@ S = JobStatus
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     S.PENDING: frozenset({S.RUNNING, S.FAILED, S.CANCELLED}),
     # RUNNING → RUNNING: another worker takes back a job whose worker died; → PENDING: handed back on shutdown
-    S.RUNNING: frozenset({S.PROCESSED, S.RETRYING, S.FAILED, S.RUNNING, S.PENDING}),
+    # → CANCELLED: an operator marked it, and its attempt has ended
+    S.RUNNING: frozenset({S.PROCESSED, S.RETRYING, S.FAILED, S.RUNNING, S.PENDING, S.CANCELLED}),
     S.RETRYING: frozenset({S.RUNNING, S.FAILED, S.CANCELLED}),
     S.FAILED: frozenset({S.PENDING}),  # an operator re-runs it
     S.PROCESSED: frozenset(),
@@ -30,6 +31,25 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
 TERMINAL = frozenset({S.PROCESSED, S.FAILED, S.CANCELLED})
 #: outcomes that end the job whatever the policy says: the file can never be processed
 NEVER_RETRIED = frozenset({Outcome.REJECTED, Outcome.INVALID})
+#: what an operator's cancel ends at once: nothing of the job is running
+CANCEL_AT_ONCE = frozenset({S.PENDING, S.RETRYING})
+
+
+class CancelRequest(str, enum.Enum):
+    """An operator's cancel of a running job, kept on the row (``jobs.cancel_requested``) until its
+    attempt ends; then the job is ``cancelled``, whatever the attempt did."""
+
+    #: let the attempt run to its end
+    FINISH = "finish"
+    #: stop the attempt's process now (its worker learns of it at its next heartbeat)
+    KILL = "kill"
+
+
+class Cancel(enum.Enum):
+    #: pending or retrying: cancelled now, never run again
+    NOW = "now"
+    #: running: marked (a ``CancelRequest``), cancelled when the attempt ends
+    MARK = "mark"
 
 
 def check(old: JobStatus, new: JobStatus) -> None:
@@ -47,6 +67,7 @@ class JobState:
     next_attempt_at: datetime | None = None
     lease_expires_at: datetime | None = None
     lease_owner: str | None = None
+    cancel_requested: CancelRequest | None = None
 
 
 class Claim(enum.Enum):
@@ -56,6 +77,8 @@ class Claim(enum.Enum):
     SKIP = "skip"
     #: the previous attempt was the last and its worker died: record the failure, do not run again
     EXHAUSTED = "exhausted"
+    #: an operator asked to cancel the job and its worker died: record it cancelled, do not run again
+    CANCEL = "cancel"
 
 
 def lease_expired(job: JobState, now: datetime) -> bool:
@@ -77,6 +100,8 @@ def claim(job: JobState, now: datetime) -> Claim:
         return Claim.SKIP
     if job.status is S.RUNNING and not lease_expired(job, now):
         return Claim.SKIP
+    if job.cancel_requested is not None:
+        return Claim.CANCEL
     if job.attempts >= job.max_attempts:
         return Claim.EXHAUSTED
     return Claim.RUN
@@ -99,7 +124,10 @@ class Transition:
 def after_attempt(job: JobState, attempt: AttemptResult, policy: RetryPolicy, now: datetime,
                   rand: Callable[[], float] = random.random) -> Transition:
     """Where a job goes once attempt number ``job.attempts`` has ended with ``attempt``: processed; or
-    retried when the error is one the policy covers and attempts are left; otherwise failed."""
+    retried when the error is one the policy covers and attempts are left; otherwise failed. A job an
+    operator marked for cancel is cancelled, whatever the attempt did: no retry, no email."""
+    if job.cancel_requested is not None:
+        return Transition(S.CANCELLED)
     if attempt.outcome is Outcome.PROCESSED:
         return Transition(S.PROCESSED, event="processed")
     retried = attempt.covered and attempt.outcome not in NEVER_RETRIED
@@ -107,6 +135,22 @@ def after_attempt(job: JobState, attempt: AttemptResult, policy: RetryPolicy, no
         delay = policy.delay(job.attempts, rand)
         return Transition(S.RETRYING, next_attempt_at=now + timedelta(seconds=delay), delay=delay)
     return Transition(S.FAILED, event="failed", dead_letter=True)
+
+
+def cancel(job: JobState) -> Cancel:
+    """What an operator's cancel does to ``job``; a job that has ended cannot be cancelled."""
+    if job.status in CANCEL_AT_ONCE:
+        return Cancel.NOW
+    if job.status is S.RUNNING:
+        return Cancel.MARK
+    raise InvalidTransition(f"the job is {job.status.value}: it has ended, there is nothing to cancel")
+
+
+def cancel_request(current: CancelRequest | None, kill: bool) -> CancelRequest:
+    """The request a running job carries after one more cancel: ``kill`` upgrades, nothing downgrades."""
+    if kill or current is CancelRequest.KILL:
+        return CancelRequest.KILL
+    return CancelRequest.FINISH
 
 
 def lost_attempt_error(attempt: int) -> dict[str, Any]:

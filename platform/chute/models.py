@@ -75,6 +75,9 @@ class Job(Base):
     dispatch_at: Mapped[datetime | None]
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]
+    #: an operator's cancel of the running attempt: ``finish`` or ``kill`` (``lifecycle.CancelRequest``);
+    #: the job ends ``cancelled`` when the attempt does. NULL for every job nobody cancelled while it ran.
+    cancel_requested: Mapped[str | None] = mapped_column(String(8))
 
     __table_args__ = (
         Index("ix_jobs_created", "created_at", "id"),

@@ -46,6 +46,8 @@ class Outcome(str, enum.Enum):
     LOST = "lost"
     #: handed back by a stopping worker, not counted against the job
     INTERRUPTED = "interrupted"
+    #: stopped by an operator's ``cancel?kill=true``: not a crash, never retried
+    CANCELLED = "cancelled"
 
 
 @dataclass

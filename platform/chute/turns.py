@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from chute import lifecycle
 from chute.db import CursorStatement
-from chute.lifecycle import Claim, JobState, Transition
+from chute.lifecycle import CancelRequest, Claim, JobState, Transition
 from chute.models import Attempt, Job
 from chute.registry import Registry
 from chute.retry import DEFAULT_POLICY
@@ -92,8 +92,9 @@ class JobRow:
 
 
 def state(row: dict[str, Any]) -> JobState:
+    cancel = row["cancel_requested"]
     return JobState(row["status"], row["attempts"], row["max_attempts"], row["next_attempt_at"],
-                    row["lease_expires_at"], row["lease_owner"])
+                    row["lease_expires_at"], row["lease_owner"], CancelRequest(cancel) if cancel else None)
 
 
 @dataclass
@@ -205,6 +206,8 @@ def _claim(writes: TurnWrites, row: dict[str, Any] | None, message: JobMessage, 
     elif decision is Claim.EXHAUSTED:
         writes.move(row, S.FAILED, error=lifecycle.lost_attempt_error(row["attempts"]))
         writes.events.append((row, "failed"))
+    elif decision is Claim.CANCEL:  # marked for cancel, its worker gone: cancelled as asked, nobody mailed
+        writes.move(row, S.CANCELLED, error=lifecycle.lost_attempt_error(row["attempts"]))
     else:
         writes.park(row)
     return Claimed(message, decision, None)

@@ -2,9 +2,13 @@
 
 Each turn: collect the attempts that finished, fetch what fits in the free slots, then record and
 claim in one transaction, and only after it commits acknowledge, start what was claimed, and renew
-the leases of what runs. The source's own faults (a broker gone) stay in the source; a database
-error keeps every finished attempt and fetched message and retries the write with backoff; anything
-else is a bug, logged with its traceback and counted, and the loop goes on with its state intact."""
+the leases of what runs. The renewal's statement also answers which running jobs an operator
+cancelled: an attempt cancelled with ``kill`` is stopped then; any other ends ``cancelled`` when its
+outcome is recorded, which reads the request off the row the turn reads anyway.
+
+The source's own faults (a broker gone) stay in the source; a database error keeps every finished
+attempt and fetched message and retries the write with backoff; anything else is a bug, logged with
+its traceback and counted, and the loop goes on with its state intact."""
 
 from __future__ import annotations
 
@@ -18,9 +22,10 @@ from pathlib import Path
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from chute import telemetry
 from chute.executor import Executor, ResultQueue
 from chute.jobs import Claimed, Finished, JobService, Recorded, worker_id
-from chute.lifecycle import Claim
+from chute.lifecycle import CancelRequest, Claim
 from chute.models import Job
 from chute.registry import DEFAULT_TIMEOUT, Registry
 from chute.runner import Task
@@ -34,6 +39,10 @@ DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
 IDLE_WAIT, BUSY_WAIT = 1.0, 0.05
 FAST_ATTEMPT = 0.05
 FAST_LOOKAHEAD, MAX_LOOKAHEAD = 64, 500  # times the concurrency; claimed beyond the free slots
+#: once an attempt has run this long, its worker renews leases (and so hears of cancels) this often,
+#: not only every third of the lease: a ``kill`` reaches a long attempt within seconds. Quick attempts
+#: never bring the renewal forward, so a stream of them costs what it did.
+CONTROL_EVERY = 2.0
 DB_BACKOFF_MAX = 2.0
 
 
@@ -52,6 +61,10 @@ class Running:
     #: every message for this job fetched while it runs (a redelivery after a reconnect, a re-publish):
     #: all acknowledged once its outcome is committed
     messages: list[JobMessage] = field(default_factory=list)
+    #: when the attempt was handed to the executor (``time.monotonic()``)
+    since: float = field(default_factory=time.monotonic)
+    #: the executor was told to stop it (an operator's ``kill``)
+    killed: bool = False
 
 
 class Worker:
@@ -75,8 +88,10 @@ class Worker:
         self._renewed = time.monotonic()
         self._db_backoff, self._db_retry_at = 0.0, 0.0
         self.idle_wait = IDLE_WAIT
+        self.control_every = CONTROL_EVERY
         #: attempts this worker has started
         self.started = 0
+        self.telemetry = telemetry.of(jobs.db)  # /metrics counters: an in-memory add per event, no I/O
 
     # --- the loop -----------------------------------------------------------------------------------
     def run(self, burst: bool = False) -> None:
@@ -153,6 +168,7 @@ class Worker:
         self.source.ack(acks)
 
     def _after_record(self, finished: list[Finished], recorded: list[Recorded]) -> list[JobMessage]:
+        self.telemetry.recorded(finished, recorded)
         acks: list[JobMessage] = []
         for item, rec in zip(finished, recorded, strict=True):
             self._typical = 0.8 * self._typical + 0.2 * item.result.duration
@@ -166,6 +182,7 @@ class Worker:
         return acks
 
     def _after_claim(self, claimed: list[Claimed]) -> list[JobMessage]:
+        self.telemetry.claimed(claimed)
         acks: list[JobMessage] = []
         for outcome in claimed:
             if outcome.decision is Claim.RUN and outcome.job is not None:
@@ -185,18 +202,32 @@ class Worker:
         """How long a fetch may wait: until the next lease renewal while attempts run."""
         if not self._running:
             return self.idle_wait
-        return max(0.0, min(self.idle_wait, self._renewed + self.lease / 3 - time.monotonic()))
+        return max(0.0, min(self.idle_wait, self._next_renewal() - time.monotonic()))
+
+    def _next_renewal(self) -> float:
+        """Every third of the lease; every ``control_every`` once the oldest running attempt (the first
+        in ``_running``, which keeps claim order) has run that long."""
+        oldest = next(iter(self._running.values())).since
+        return min(self._renewed + self.lease / 3, max(self._renewed, oldest) + self.control_every)
 
     def _renew(self) -> None:
-        if not self._running or time.monotonic() - self._renewed < self.lease / 3:
+        if not self._running or time.monotonic() < self._next_renewal():
             return
         self._renewed = time.monotonic()
         try:
-            self.jobs.heartbeat(list(self._running), self.id, self.lease)
+            requests = self.jobs.heartbeat(list(self._running), self.id, self.lease)
         except DATABASE_ERRORS:
             self.faults["database"] += 1
             self._renewed -= self.lease / 4  # try again soon: the leases are running out
             log.exception("worker %s: could not renew the leases of %d running jobs", self.id, len(self._running))
+            return
+        for job_id, request in requests.items():
+            running = self._running.get(job_id)
+            if request is CancelRequest.KILL and running is not None and not running.killed:
+                running.killed = True
+                stopped = self.executor.kill(job_id)
+                log.info("worker %s: job %s cancelled with kill: %s", self.id, job_id,
+                         "its attempt is stopped" if stopped else "its attempt ends first (it cannot be stopped)")
 
     @property
     def fast(self) -> bool:
@@ -234,6 +265,7 @@ class Worker:
             self._running.clear()
             try:
                 self.jobs.hand_back([(job_id, r.task.attempt) for job_id, r in leftovers], self.id)
+                self.telemetry.handed_back(r.task.handler for _, r in leftovers)
             except DATABASE_ERRORS:
                 log.exception("worker %s: could not hand back %d jobs; their leases expire and another worker "
                               "takes them over", self.id, len(leftovers))

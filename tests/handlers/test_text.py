@@ -40,7 +40,7 @@ def registry() -> Registry:
     return load_handlers(Path(__file__).resolve().parents[2] / "handlers")
 
 
-@pytest.mark.parametrize("mime", ["text/markdown", "text/tab-separated-values", "text/x-rst"])
+@pytest.mark.parametrize("mime", ["text/x-org", "text/tab-separated-values", "text/x-rst"])
 def test_text_types_without_a_handler_of_their_own_fall_back_to_text_stats(registry: Registry, mime: str) -> None:
     assert registry.route(mime).name == "text_stats"  # type: ignore[union-attr]
 

@@ -285,7 +285,7 @@ def test_metrics_count_jobs_attempts_and_uploads(chute_app: ChuteApp) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
-    assert 'chute_jobs{handler="csv_stats",status="processed"} 1.0' in text
+    assert 'chute_jobs_finished_total{handler="csv_stats",status="processed"} 1.0' in text
     assert 'chute_jobs_finished_total{handler="text_stats",status="processed"} 1.0' in text
     assert 'chute_attempts_total{handler="csv_stats",outcome="processed"} 1.0' in text
     assert 'chute_uploads_total{code="202"} 2.0' in text

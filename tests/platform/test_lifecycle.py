@@ -7,7 +7,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chute.errors import InvalidTransition
-from chute.lifecycle import Claim, JobState, after_attempt, check, claim, lease_expired, recheck_after
+from chute.lifecycle import (
+    Cancel,
+    CancelRequest,
+    Claim,
+    JobState,
+    after_attempt,
+    cancel,
+    cancel_request,
+    check,
+    claim,
+    lease_expired,
+    recheck_after,
+)
 from chute.retry import RetryPolicy
 from chute.status import AttemptResult, Outcome
 from chute.status import JobStatus as S
@@ -102,3 +114,50 @@ def test_an_error_outside_the_policy_fails_at_once() -> None:
 def test_moves_the_lifecycle_does_not_allow_are_refused(old: S, new: S) -> None:
     with pytest.raises(InvalidTransition):
         check(old, new)
+
+
+# --- an operator's cancel -----------------------------------------------------------------------
+@pytest.mark.parametrize("status", [S.PENDING, S.RETRYING])
+def test_a_job_not_running_is_cancelled_at_once(status: S) -> None:
+    assert cancel(job(status, 1)) is Cancel.NOW
+    check(status, S.CANCELLED)
+
+
+def test_a_running_job_is_only_marked_and_may_then_end_cancelled() -> None:
+    assert cancel(job(S.RUNNING, 1, lease_owner="w1")) is Cancel.MARK
+    check(S.RUNNING, S.CANCELLED)
+
+
+@pytest.mark.parametrize("status", [S.PROCESSED, S.FAILED, S.CANCELLED])
+def test_a_finished_job_cannot_be_cancelled_and_the_refusal_says_why(status: S) -> None:
+    with pytest.raises(InvalidTransition, match=status.value):
+        cancel(job(status, 1))
+
+
+def test_kill_upgrades_a_cancel_request_and_nothing_downgrades_it() -> None:
+    assert cancel_request(None, kill=False) is CancelRequest.FINISH
+    assert cancel_request(None, kill=True) is CancelRequest.KILL
+    assert cancel_request(CancelRequest.FINISH, kill=True) is CancelRequest.KILL
+    assert cancel_request(CancelRequest.KILL, kill=False) is CancelRequest.KILL
+
+
+@pytest.mark.parametrize("result", [AttemptResult(Outcome.PROCESSED, {"ok": 1}),
+                                    AttemptResult(Outcome.ERROR, covered=True),
+                                    AttemptResult(Outcome.CANCELLED)])
+def test_a_marked_job_ends_cancelled_whatever_its_attempt_did_with_no_retry_and_no_mail(result: AttemptResult) -> None:
+    marked = job(S.RUNNING, 1, cancel_requested=CancelRequest.FINISH)
+    t = after_attempt(marked, result, POLICY, NOW)
+    assert t.status is S.CANCELLED and t.finished
+    assert t.event is None and not t.dead_letter and t.next_attempt_at is None
+
+
+def test_a_marked_job_whose_worker_died_is_cancelled_not_run_again() -> None:
+    lost = job(S.RUNNING, 1, lease_expires_at=NOW - timedelta(seconds=1), lease_owner="w1",
+               cancel_requested=CancelRequest.KILL)
+    assert claim(lost, NOW) is Claim.CANCEL
+    last = job(S.RUNNING, 3, lease_expires_at=NOW - timedelta(seconds=1), lease_owner="w1",
+               cancel_requested=CancelRequest.FINISH)
+    assert claim(last, NOW) is Claim.CANCEL, "cancelled, as asked, rather than failed"
+    live = job(S.RUNNING, 1, lease_expires_at=NOW + timedelta(seconds=5), lease_owner="w1",
+               cancel_requested=CancelRequest.KILL)
+    assert claim(live, NOW) is Claim.SKIP, "its own worker ends it"

@@ -1,16 +1,19 @@
-"""Reading jobs, re-running failed ones, and downloading what they stored."""
+"""Reading jobs, re-running failed ones, cancelling, and downloading what they stored; the bulk
+actions take the list's filters (``status``, ``handler``, ``q``) and answer how many they changed."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
+from chute import telemetry
 from chute.api.deps import require_key, runtime
-from chute.api.schemas import AttemptOut, JobOut, JobPage, NotificationOut
+from chute.api.schemas import AttemptOut, Count, JobOut, JobPage, NotificationOut
 from chute.errors import InvalidTransition, JobNotFound
+from chute.lifecycle import CANCEL_AT_ONCE, Cancel
 from chute.models import Job, JobStatus
 from chute.runtime import Runtime
 
@@ -20,6 +23,11 @@ ERROR: dict[str, Any] = {"application/json": {"schema": {"type": "object", "requ
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job", "content": ERROR}}
 FILE_GONE: dict[int | str, dict[str, Any]] = {
     404: {"description": "no such job, artifact, or stored file (removed by retention)", "content": ERROR}}
+
+
+Q = Annotated[str | None, Query(max_length=200, description="a part of the file name (any case), or the start of "
+                                 "the sha256 or job id (six hex digits or more)")]
+HEX = r"^[0-9a-fA-F]{1,32}$"
 
 
 def _job(rt: Runtime, job_id: str) -> Job:
@@ -32,14 +40,47 @@ def _job(rt: Runtime, job_id: str) -> Job:
 @router.get("", response_model=JobPage, summary="Jobs, newest first",
             responses={400: {"description": "a cursor this API did not give out", "content": ERROR}})
 def list_jobs(status: JobStatus | None = None, handler: str | None = None,
-              limit: int = Query(50, ge=1, le=500), cursor: str | None = None,
+              limit: int = Query(50, ge=1, le=500), cursor: str | None = None, q: Q = None,
+              id_prefix: Annotated[str | None, Query(pattern=HEX, description="jobs whose id starts so")] = None,
+              id_suffix: Annotated[str | None, Query(pattern=HEX, description="jobs whose id ends so (the short id "
+                                                     "`chute jobs` shows; reads every id)")] = None,
               rt: Runtime = Depends(runtime)) -> JobPage:
     try:  # an empty cursor is the first page, as no cursor is
-        jobs, next_cursor = rt.jobs.list_jobs(status, handler, limit, cursor or None)
+        jobs, next_cursor = rt.jobs.list_jobs(status, handler or None, limit, cursor or None, q=q,
+                                              id_prefix=id_prefix, id_suffix=id_suffix)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
     base = rt.settings.public_url
     return JobPage(items=[JobOut.of(j, base) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/count", response_model=Count, summary="How many jobs match the filters (ask before a bulk action)")
+def count_jobs(status: JobStatus | None = None, handler: str | None = None, q: Q = None,
+               rt: Runtime = Depends(runtime)) -> Count:
+    return Count(count=rt.jobs.count([status] if status else None, handler or None, q))
+
+
+@router.post("/retry", response_model=Count, status_code=202, summary="Re-run every failed job that matches")
+def retry_many(status: Annotated[Literal["failed"], Query(description="only failed jobs are re-run")] = "failed",
+               handler: str | None = None, q: Q = None, rt: Runtime = Depends(runtime)) -> Count:
+    """As ``POST /jobs/{id}/retry`` does for one, in batches of a few hundred per transaction."""
+    due = rt.jobs.retry_many(handler or None, q, {spec.name: spec.retry.attempts for spec in rt.registry})
+    if due:
+        rt.relay.send(due)
+    return Count(count=len(due))
+
+
+@router.post("/cancel", response_model=Count, summary="Cancel every pending or retrying job that matches")
+def cancel_many(status: Annotated[Literal["pending", "retrying"] | None,
+                                  Query(description="pending or retrying; both when left out")] = None,
+                handler: str | None = None, q: Q = None, rt: Runtime = Depends(runtime)) -> Count:
+    """Running jobs are left alone (cancel them one by one); in batches of a few hundred per transaction."""
+    statuses = [JobStatus(status)] if status else list(CANCEL_AT_ONCE)
+    cancelled = rt.jobs.cancel_many(statuses, handler or None, q)
+    counters = telemetry.of(rt.db)
+    for _, name in cancelled:
+        counters.ended(name, JobStatus.CANCELLED)
+    return Count(count=len(cancelled))
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job", responses=NOT_FOUND)
@@ -83,6 +124,28 @@ def retry_job(job_id: str, rt: Runtime = Depends(runtime)) -> JobOut:
         raise HTTPException(409, str(exc)) from None
     if job.dispatch_at is not None:
         rt.relay.send([(job.id, job.dispatch_at)])
+    return JobOut.of(job, rt.settings.public_url)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job",
+             responses={**NOT_FOUND, 202: {"description": "running: marked (`cancel_requested`); it ends `cancelled` "
+                                                          "when its attempt ends, or at once with `kill=true`",
+                                           "model": JobOut},
+                        409: {"description": "the job has ended (processed, failed or cancelled)", "content": ERROR}})
+def cancel_job(job_id: str, response: Response,
+               kill: Annotated[bool, Query(description="stop a running attempt's process now")] = False,
+               rt: Runtime = Depends(runtime)) -> JobOut:
+    """A pending or retrying job is cancelled at once (200): it never runs again and nobody is mailed."""
+    try:
+        job, decision = rt.jobs.cancel(job_id, kill)
+    except JobNotFound:
+        raise HTTPException(404, f"no job {job_id}") from None
+    except InvalidTransition as exc:
+        raise HTTPException(409, str(exc)) from None
+    if decision is Cancel.MARK:
+        response.status_code = 202  # the worker's record of the attempt ends it, and counts it
+    else:
+        telemetry.of(rt.db).ended(job.handler, JobStatus.CANCELLED)
     return JobOut.of(job, rt.settings.public_url)
 
 

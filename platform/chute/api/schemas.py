@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from chute.lifecycle import CANCEL_AT_ONCE
 from chute.models import Job, JobStatus
 
 
@@ -48,6 +49,9 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     next_attempt_at: datetime | None
+    #: an operator's cancel of the running attempt: ``finish`` (the job ends ``cancelled`` when the attempt
+    #: does) or ``kill`` (its worker stops the attempt); null when nobody cancelled it while it ran
+    cancel_requested: Literal["finish", "kill"] | None = None
     #: the emails about this job (only on GET /jobs/{id})
     notifications: list[NotificationOut] | None = None
     links: dict[str, str]
@@ -57,6 +61,8 @@ class JobOut(BaseModel):
         links = {"self": f"{base}/jobs/{job.id}", "file": f"{base}/jobs/{job.id}/file"}
         if job.status is JobStatus.FAILED:
             links["retry"] = f"{base}/jobs/{job.id}/retry"
+        if job.status in CANCEL_AT_ONCE or job.status is JobStatus.RUNNING:
+            links["cancel"] = f"{base}/jobs/{job.id}/cancel"
         for name in artifacts or []:
             links[f"artifact:{name}"] = f"{base}/jobs/{job.id}/artifacts/{name}"
         return cls(
@@ -65,13 +71,21 @@ class JobOut(BaseModel):
             attempts=job.attempts, max_attempts=job.max_attempts, notify=job.notify or [],
             result=job.result, error=JobError(**job.error) if job.error else None,
             created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at,
-            finished_at=job.finished_at, next_attempt_at=job.next_attempt_at, links=links,
+            finished_at=job.finished_at, next_attempt_at=job.next_attempt_at,
+            cancel_requested=job.cancel_requested,  # type: ignore[arg-type]  # the column holds only these
+            links=links,
         )
 
 
 class JobPage(BaseModel):
     items: list[JobOut]
     next_cursor: str | None
+
+
+class Count(BaseModel):
+    """How many jobs matched (GET /jobs/count), or were changed (the bulk POSTs)."""
+
+    count: int
 
 
 class AttemptOut(BaseModel):

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
+from chute import telemetry
 from chute.jobs import worker_id
 from chute.models import utcnow
 from chute.notify.deliveries import DeliveryStore, Outbound, Outcome, Recorder
@@ -198,6 +199,7 @@ class Notifier:
         finally:
             self._unsent, self._done = {}, []
         self.totals.add(tally)
+        telemetry.of(self.store.db).notified(tally)
         return tally
 
     async def _send(self, transport: Transport, batch: Sequence[Outbound], tally: Tally) -> None:

@@ -83,3 +83,18 @@ def hog(upload: Upload, ctx: Context) -> dict[str, object]:
     """Asks for far more memory than its 256 MiB limit allows, as a 100 MB CSV of commas would."""
     hoard = bytearray(1024 * 1024 * 1024)
     return {"size": len(hoard)}
+
+
+@handler("text/x-sulky", extensions=[".sulky"])
+@retry(attempts=3, backoff=0.1, on=(OSError,))
+def sulky(upload: Upload, ctx: Context) -> dict[str, object]:
+    """Sleeps for the seconds written in the file, then fails with an error it retries."""
+    time.sleep(float(upload.read_bytes().decode() or "1"))
+    raise OSError(f"attempt {ctx.attempt} fails after its nap")
+
+
+@handler("text/x-stubborn", extensions=[".stubborn"])
+@retry(attempts=3, backoff=3.0, max_backoff=3.0, on=(OSError,))
+def stubborn(upload: Upload, ctx: Context) -> dict[str, object]:
+    """Always fails with a retryable error; each retry waits three seconds."""
+    raise OSError(f"attempt {ctx.attempt} fails on purpose")
