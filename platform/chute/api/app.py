@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from chute import __version__
+from chute import __version__, web
 from chute.api import handlers, health, jobs, metrics, uploads
 from chute.api.deps import METRICS_PATHS, OPEN_PATHS, KeyGate, Keys
 from chute.api.ingest import Ingest
@@ -36,6 +36,7 @@ def create_app(rt: Runtime, *, relay: bool = True) -> FastAPI:
     app.state.metrics = metrics.Metrics(rt.jobs)
     for module in (uploads, jobs, handlers, health, metrics):
         app.include_router(module.router)
+    app.include_router(web.router)  # the page: shells open, its data behind the key like the rest
     # Keys before routing: every path (docs, schema, unknown ones, routes added later) but /healthz.
     app.state.keys = keys = Keys(rt.settings.api_keys, rt.settings.metrics_key)
     app.add_middleware(KeyGate, keys=keys)

@@ -1,6 +1,7 @@
 """Shared request dependencies: the runtime, and the API-key gate in front of every route.
 
-With ``CHUTE_API_KEYS`` set, every request but ``GET /healthz`` needs ``Authorization: Bearer KEY``:
+With ``CHUTE_API_KEYS`` set, every request but ``GET /healthz`` and the web page's shells (``/``,
+``/ui/…``: no data in them) needs ``Authorization: Bearer KEY``:
 the gate is ASGI middleware, so it also covers ``/docs``, ``/openapi.json``, ``/redoc``, paths that
 match no route (401, not a 404 that maps the API) and any route added later. ``/metrics`` also opens
 to ``CHUTE_METRICS_KEY``, which opens nothing else. Keys are compared as bytes, on SHA-256 digests,
@@ -21,6 +22,10 @@ from chute.runtime import Runtime
 
 #: reachable without a key: liveness only (it touches nothing but the process)
 OPEN_PATHS = frozenset({"/healthz"})
+#: the web page's shells and static files (chute.web.pages): markup and script with no data in them; the
+#: script asks for the key when a data route answers 401
+SHELL_PATHS = frozenset({"/"})
+SHELL_PREFIX = "/ui/"
 #: reachable with an API key or with the metrics key
 METRICS_PATHS = frozenset({"/metrics"})
 #: longer Authorization headers are refused unread (a key is far shorter)
@@ -57,7 +62,7 @@ class Keys:
         self.metrics = [_digest(metrics_key.encode())] if metrics_key else []
 
     def required(self, path: str) -> bool:
-        if path in OPEN_PATHS:
+        if path in OPEN_PATHS or path in SHELL_PATHS or path.startswith(SHELL_PREFIX):
             return False
         return bool(self.api or (path in METRICS_PATHS and self.metrics))
 
