@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean chromium
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("chute needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/chute serve --host 127.0.0.1 --port 8000
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium (never a downloaded one): installed here when it is missing.
+chromium:
+	@[ -x /usr/bin/chromium ] || { echo "make: installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && apt-get install -y -qq chromium; } || \
+	  { echo "make: the browser tests need /usr/bin/chromium: apt-get install chromium (as root)" >&2; exit 1; }
+
+test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
