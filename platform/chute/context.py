@@ -44,10 +44,20 @@ class Context:
     job_id: str
     attempt: int
     log: logging.LoggerAdapter[logging.Logger]
-    scratch: Path
+    scratch_path: Path
     artifacts_dir: Path
     handler: str = ""
     artifacts: list[str] = field(default_factory=list)
+    #: whether ``scratch`` was asked for (and so made): most handlers never need one
+    scratch_made: bool = field(default=False, repr=False)
+
+    @property
+    def scratch(self) -> Path:
+        """A directory of this attempt's own, made on first use and removed when the attempt ends."""
+        if not self.scratch_made:
+            self.scratch_path.mkdir(parents=True, exist_ok=True)
+            self.scratch_made = True
+        return self.scratch_path
 
     def save_artifact(self, name: str, data_or_path: bytes | str | Path) -> Path:
         """Keep an output with the job (bytes or text, or a Path to copy); served at /jobs/{id}/artifacts/{name}."""

@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -38,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from chute import lifecycle
-from chute.db import CursorStatement, Database
+from chute.db import CursorQuery, CursorStatement, Database
 from chute.errors import InvalidTransition, JobNotFound
 from chute.lifecycle import Cancel, CancelRequest, Claim, JobState
 from chute.models import Attempt, Job, JobStatus, utcnow
@@ -52,6 +53,9 @@ S = JobStatus
 JOBS: Table = Job.__table__  # type: ignore[assignment]
 _COLUMNS = [c.name for c in JOBS.c]
 _INSERT: dict[str, CursorStatement] = {}  # per dialect, compiled once
+_VIEW: dict[str, CursorQuery] = {}
+_RESERVE_PROBE: dict[str, CursorQuery] = {}
+_RESERVE: dict[str, CursorStatement] = {}
 #: a job to publish and the ``dispatch_at`` it was due at (the token that marks it published)
 Due = tuple[str, datetime]
 #: called inside the transaction that moves a job to a terminal state: (session, job, event)
@@ -141,6 +145,23 @@ class JobService:
                 direct.run(cursor, [{f"b_{name}": row.get(name) for name in _COLUMNS} for row in rows])
             finally:
                 cursor.close()
+
+    def view(self, job_id: str) -> SimpleNamespace:
+        """The job's columns for ``GET /jobs/{id}``, read on the DBAPI cursor (``CursorQuery``): the read
+        every client polls, so it skips the Session. Its attributes are a ``Job``'s."""
+        with self.db.engine.connect() as conn:
+            query = _VIEW.get(conn.dialect.name)
+            if query is None:
+                query = _VIEW[conn.dialect.name] = CursorQuery(
+                    select(*JOBS.c).where(JOBS.c.id == bindparam("b_id")), conn.dialect)
+            cursor = conn.connection.cursor()
+            try:
+                rows = query.all(cursor, {"b_id": job_id})
+            finally:
+                cursor.close()
+        if not rows:
+            raise JobNotFound(job_id)
+        return SimpleNamespace(**rows[0])
 
     def get(self, job_id: str) -> Job:
         with self.db.read() as session:
@@ -398,18 +419,38 @@ class JobService:
         """Take up to ``limit`` due jobs off the queue for one worker: their ``dispatch_at`` moves
         ``visibility`` seconds on (the token the worker's claim or requeue goes by). ``SKIP LOCKED`` on
         PostgreSQL and ``BEGIN IMMEDIATE`` on SQLite keep two workers from taking the same row. A read
-        comes first, so an idle poll takes no write lock."""
+        comes first, so an idle poll takes no write lock. Both run on the DBAPI cursor, compiled once:
+        the embedded queue asks on every fetch."""
         now = self.now()
-        with self.db.read() as session:
-            if session.scalar(select(JOBS.c.id).where(JOBS.c.dispatch_at <= now).limit(1)) is None:
-                return []
+        with self.db.engine.connect() as conn:
+            probe = _RESERVE_PROBE.get(conn.dialect.name)
+            if probe is None:
+                probe = _RESERVE_PROBE[conn.dialect.name] = CursorQuery(
+                    select(JOBS.c.id).where(JOBS.c.dispatch_at <= bindparam("b_now")).limit(1), conn.dialect)
+            cursor = conn.connection.cursor()
+            try:
+                if not probe.all(cursor, {"b_now": now}):
+                    return []
+            finally:
+                cursor.close()
         until = now + timedelta(seconds=visibility)
-        due = select(JOBS.c.id).where(JOBS.c.dispatch_at <= now).order_by(JOBS.c.dispatch_at).limit(limit)
-        if not self.db.is_sqlite:
-            due = due.with_for_update(skip_locked=True)
         with self.db.write(durable=False) as session:
-            ids = session.execute(update(JOBS).where(JOBS.c.id.in_(due.scalar_subquery()))
-                                  .values(dispatch_at=until).returning(JOBS.c.id)).scalars().all()
+            conn = session.connection()
+            take = _RESERVE.get(conn.dialect.name)
+            if take is None:
+                due = (select(JOBS.c.id).where(JOBS.c.dispatch_at <= bindparam("b_now"))
+                       .order_by(JOBS.c.dispatch_at).limit(bindparam("b_limit")))
+                if not self.db.is_sqlite:
+                    due = due.with_for_update(skip_locked=True)
+                take = _RESERVE[conn.dialect.name] = CursorStatement(
+                    update(JOBS).where(JOBS.c.id.in_(due.scalar_subquery()))
+                    .values(dispatch_at=bindparam("b_until")).returning(JOBS.c.id), conn.dialect)
+            cursor = conn.connection.cursor()
+            try:
+                cursor.execute(take.sql, take.params({"b_now": now, "b_limit": limit, "b_until": until}))
+                ids = [row[0] for row in cursor.fetchall()]
+            finally:
+                cursor.close()
         return [(job_id, until) for job_id in ids]
 
     def release(self, reserved: Sequence[Due]) -> None:

@@ -54,8 +54,8 @@ def prepare(spec: HandlerSpec, task: Task) -> tuple[Upload, Context]:
     """The Upload and Context a handler gets, built the same way by the worker and the testing kit."""
     scratch = Path(task.scratch_root) / f"{task.job_id}-{task.attempt}"
     artifacts = Path(task.artifacts_dir)
-    shutil.rmtree(artifacts, ignore_errors=True)  # an earlier attempt's leftovers are not this one's output
-    scratch.mkdir(parents=True, exist_ok=True)
+    if artifacts.exists():  # an earlier attempt's leftovers are not this one's output
+        shutil.rmtree(artifacts, ignore_errors=True)
     upload = Upload(Path(task.path), task.filename, task.content_type, task.size, task.sha256)
     ctx = Context(task.job_id, task.attempt, job_logger(task.job_id, spec.name, task.attempt), scratch,
                   artifacts, spec.name)
@@ -100,7 +100,8 @@ def run_spec(spec: HandlerSpec, task: Task, thread_timeout: bool = False) -> Att
         return AttemptResult(Outcome.ERROR, error=error_info(exc), covered=spec.retry.covers(type(exc)),
                              duration=time.monotonic() - started)
     finally:
-        shutil.rmtree(ctx.scratch, ignore_errors=True)
+        if ctx.scratch_made:
+            shutil.rmtree(ctx.scratch_path, ignore_errors=True)
 
 
 def invoke(spec: HandlerSpec, upload: Upload, ctx: Context, timeout: float, thread_timeout: bool = False) -> Any:
@@ -170,19 +171,24 @@ def run_in_child(task: Task) -> AttemptResult:
         return run_spec(spec, task)
 
 
+#: the RLIMIT_AS this process last set (None: never set)
+_memory_applied: int | None = None
+
+
 @contextlib.contextmanager
 def memory_limit(mib: int) -> Iterator[None]:
     """RLIMIT_AS for this (child) process while one attempt runs: an allocation past it raises
-    MemoryError in the handler instead of the kernel's OOM killer taking the worker's machine down."""
+    MemoryError in the handler instead of the kernel's OOM killer taking the worker's machine down.
+    The limit stays set between attempts (the process runs nothing but attempts), so a run of
+    attempts under the same limit costs no system call."""
     import resource
 
-    if mib <= 0:
-        yield
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    wanted = mib * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
-    try:
-        yield
-    finally:
+    global _memory_applied
+    wanted = max(mib, 0) * 1024 * 1024  # 0: no limit of ours (up to the hard limit)
+    if wanted != _memory_applied:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        capped = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        soft = capped if wanted else hard
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        _memory_applied = wanted
+    yield
