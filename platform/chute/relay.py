@@ -35,8 +35,11 @@ class Relay:
 
     def __init__(self, jobs: JobService, publisher: JobPublisher | None, *, interval: float = 0.5,
                  grace: float = 5.0, wakeup: threading.Event | None = None, threaded: bool = True,
-                 housekeeping: Callable[[], object] | None = None, housekeeping_every: float = 60.0) -> None:
+                 housekeeping: Callable[[], object] | None = None, housekeeping_every: float = 60.0,
+                 ring: Callable[[], None] | None = None) -> None:
         self.jobs, self.publisher = jobs, publisher
+        #: on the database source, wakes the workers of other processes on this host (``Doorbell``)
+        self.ring = ring
         self.interval, self.grace = interval, grace
         self.wakeup = wakeup
         self.threaded = threaded
@@ -53,6 +56,8 @@ class Relay:
         if self.publisher is None:
             if self.wakeup is not None:
                 self.wakeup.set()
+            if self.ring is not None:
+                self.ring()
         elif not self.threaded:
             self.publisher.publish_jobs([job_id for job_id, _ in due])
         else:

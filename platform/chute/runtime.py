@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from chute.broker import Broker, Publisher
 from chute.db import Database
+from chute.doorbell import Doorbell
 from chute.errors import ConfigError
 from chute.executor import Executor, ProcessExecutor
 from chute.jobs import Clock, JobService, TransitionHook
@@ -65,6 +66,8 @@ class Runtime:
     #: removes old finished jobs (``CHUTE_RETENTION_DAYS``); run by the relay
     retention: Retention | None = None
     hooks: list[TransitionHook] = field(default_factory=list)
+    #: wakes the database source's workers in other processes on this host (None on other queues)
+    doorbell: Doorbell | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True, clock: Clock = utcnow) -> Runtime:
@@ -101,10 +104,12 @@ class Runtime:
             publisher = memory = MemoryQueue()
         storage = Storage(settings.files_dir)
         retention = Retention(jobs, storage, settings.retention_days) if settings.retention_days else None
+        doorbell = Doorbell(settings.db_url) if settings.queue == "sql" else None
         relay = Relay(jobs, publisher, interval=settings.relay_interval, grace=settings.publish_grace, wakeup=wakeup,
-                      threaded=memory is None, housekeeping=retention.sweep if retention else None)
+                      threaded=memory is None, housekeeping=retention.sweep if retention else None,
+                      ring=doorbell.ring if doorbell else None)
         return cls(settings, db, jobs, storage, registry, broker, relay, deliveries, mail_hook, wakeup, memory,
-                   retention, jobs.hooks)
+                   retention, jobs.hooks, doorbell)
 
     @property
     def scratch(self) -> Path:
@@ -126,7 +131,7 @@ class Runtime:
         if self.memory is not None:
             return self.memory
         return DatabaseSource(self.jobs, self.wakeup, poll=self.settings.poll_interval,
-                              visibility=self.settings.lease_seconds)
+                              visibility=self.settings.lease_seconds, doorbell=self.doorbell)
 
     @property
     def describe_queue(self) -> str:
@@ -163,5 +168,7 @@ class Runtime:
         return notifier
 
     def close(self) -> None:
+        if self.doorbell is not None:
+            self.doorbell.close()
         self.deliveries.close()
         self.db.dispose()

@@ -4,6 +4,7 @@ reservation nobody claims comes back, and workers sharing one database share the
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -111,3 +112,34 @@ def test_two_workers_on_one_database_share_the_work_and_run_each_job_once(
     assert [rts[0].jobs.get(j).attempts for j in ids] == [1] * 24
     assert sum(w.started for w in workers) == 24, "no job started twice"
     assert all(w.started > 0 for w in workers), [w.started for w in workers]
+
+
+def test_an_upload_through_another_runtime_wakes_a_waiting_fetch_before_its_poll(database_url: str,
+                                                                               tmp_path: Path) -> None:
+    """``chute api`` and ``chute worker`` share only the database: the API's doorbell wakes the
+    worker's fetch at once, where the worker alone would see the job at its next poll (30 s here)."""
+    settings = Settings(var_dir=tmp_path / "var", database_url=database_url, handlers=HANDLERS, poll_interval=30.0)
+    api, worker = Runtime.build(settings), Runtime.build(settings)
+    source = worker.source(1)
+    try:
+        got: list[tuple[float, list[str]]] = []
+
+        def fetch() -> None:
+            started = time.monotonic()
+            while time.monotonic() - started < 30:
+                messages = source.fetch(1, 30.0)
+                if messages:
+                    got.append((time.monotonic() - started, [m.job_id for m in messages]))
+                    return
+
+        waiting = threading.Thread(target=fetch)
+        waiting.start()
+        time.sleep(0.3)  # let the fetch start waiting: it is the wait that must be cut short
+        (job_id,) = upload(api, 1)
+        waiting.join(35)
+        assert got and got[0][1] == [job_id]
+        assert got[0][0] < 5.0, f"the fetch waited {got[0][0]:.1f}s: it was not woken"
+    finally:
+        source.close()
+        api.close()
+        worker.close()

@@ -2,7 +2,8 @@
 
 The jobs table is the queue (as procrastinate, Oban and solid_queue do it): ``fetch`` reserves due
 rows through ``JobService.reserve`` and the worker's claim starts them. A new upload in this process
-wakes a waiting fetch at once; other processes are seen by a short poll, and a fetch with nothing due
+wakes a waiting fetch at once, one in another process on this host rings its ``Doorbell``; other
+hosts are seen by a short poll, and a fetch with nothing due
 sleeps only until the next retry falls due. Dead letters are the jobs in ``failed``."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime
 
+from chute.doorbell import Doorbell
 from chute.jobs import JobService
 from chute.models import Job
 from chute.sources import JobMessage
@@ -21,9 +23,13 @@ log = logging.getLogger("chute.sources.database")
 
 class DatabaseSource:
     def __init__(self, jobs: JobService, wakeup: threading.Event, *, poll: float = 0.25,
-                 visibility: float = 30.0) -> None:
+                 visibility: float = 30.0, doorbell: Doorbell | None = None) -> None:
         self.jobs, self.wakeup = jobs, wakeup
         self.poll, self.visibility = poll, visibility
+        #: uploads in other processes on this host ring it (the poll covers other hosts)
+        self.doorbell = doorbell
+        if doorbell is not None:
+            doorbell.listen(wakeup.set)
 
     def fetch(self, limit: int, timeout: float) -> list[JobMessage]:
         if limit > 0:
@@ -62,4 +68,5 @@ class DatabaseSource:
         self.wakeup.set()
 
     def close(self) -> None:
-        pass
+        if self.doorbell is not None:
+            self.doorbell.close()
