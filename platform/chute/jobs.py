@@ -56,6 +56,7 @@ _INSERT: dict[str, CursorStatement] = {}  # per dialect, compiled once
 _VIEW: dict[str, CursorQuery] = {}
 _RESERVE_PROBE: dict[str, CursorQuery] = {}
 _RESERVE: dict[str, CursorStatement] = {}
+_NEXT_DUE: dict[str, CursorQuery] = {}
 #: a job to publish and the ``dispatch_at`` it was due at (the token that marks it published)
 Due = tuple[str, datetime]
 #: called inside the transaction that moves a job to a terminal state: (session, job, event)
@@ -464,9 +465,17 @@ class JobService:
 
     def next_due(self) -> datetime | None:
         """When the next job falls due (now or later), or None when nothing waits."""
-        with self.db.read() as session:
-            due: datetime | None = session.scalar(select(func.min(JOBS.c.dispatch_at)))
-            return due
+        with self.db.engine.connect() as conn:  # on the cursor: an idle embedded queue asks on every fetch
+            query = _NEXT_DUE.get(conn.dialect.name)
+            if query is None:
+                query = _NEXT_DUE[conn.dialect.name] = CursorQuery(
+                    select(func.min(JOBS.c.dispatch_at).label("due")), conn.dialect)
+            cursor = conn.connection.cursor()
+            try:
+                due: datetime | None = query.all(cursor, {})[0]["due"]
+            finally:
+                cursor.close()
+        return due
 
     # --- the relay side -----------------------------------------------------------------------
     def expire_leases(self) -> list[str]:

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from chute import lifecycle
-from chute.db import CursorStatement
+from chute.db import CursorQuery, CursorStatement
 from chute.lifecycle import CancelRequest, Claim, JobState, Transition
 from chute.models import Attempt, Job
 from chute.registry import Registry
@@ -48,6 +48,28 @@ _CLOSE = (update(ATTEMPTS).where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMP
                   error_message=bindparam("b_message")))
 _STATEMENTS = (_CLOSE, _MOVE, _PARK, _START, _OPEN)  # in the order a turn runs them
 _COMPILED: dict[str, list[CursorStatement]] = {}  # per dialect, compiled once
+#: the turn's read, per (dialect, locking, number of ids): ids are padded to a power of two (repeating
+#: the last) so a handful of compiled statements serve every turn
+_READS: dict[tuple[str, bool, int], CursorQuery] = {}
+
+
+def _read_rows(conn: Connection, ids: list[str], for_update: bool) -> dict[str, dict[str, Any]]:
+    """The rows a turn decides on, by id, read on the DBAPI cursor inside the turn's transaction
+    (SQLAlchemy's per-execution work on this read cost more than the rest of the worker's turn)."""
+    size = 1
+    while size < len(ids):
+        size *= 2
+    key = (conn.dialect.name, for_update, size)
+    query = _READS.get(key)
+    if query is None:
+        statement = select(*_READ).where(JOBS.c.id.in_([bindparam(f"b_{i}") for i in range(size)]))
+        query = _READS[key] = CursorQuery(statement.with_for_update() if for_update else statement, conn.dialect)
+    padded = ids + [ids[-1]] * (size - len(ids))
+    cursor = conn.connection.cursor()
+    try:
+        return {row["id"]: row for row in query.all(cursor, {f"b_{i}": job_id for i, job_id in enumerate(padded)})}
+    finally:
+        cursor.close()
 
 
 @dataclass(frozen=True)
@@ -166,8 +188,7 @@ def record_and_claim(session: Session, for_update: bool, finished: Sequence[Fini
     finds it ended), then claims."""
     conn = session.connection()
     ids = list({f.job_id for f in finished} | {m.job_id for m in messages})
-    query = select(*_READ).where(JOBS.c.id.in_(ids))
-    rows = {r["id"]: dict(r) for r in conn.execute(query.with_for_update() if for_update else query).mappings()}
+    rows = _read_rows(conn, ids, for_update) if ids else {}
     writes = TurnWrites(worker, now)
     recorded = [_record(writes, rows.get(item.job_id), item, registry) for item in finished]
     claimed = [_claim(writes, rows.get(m.job_id), m, lease) for m in messages]
