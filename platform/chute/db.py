@@ -70,6 +70,8 @@ class Database:
         self._write = sessionmaker(writer, expire_on_commit=False)
         #: for hot paths that need a transaction but no Session (see ``CursorStatement``)
         self.writer = writer
+        #: the same, for writes a lease makes good again (no fsync at commit on SQLite; see ``write``)
+        self.relaxed_writer = relaxed
         self._relaxed = sessionmaker(relaxed, expire_on_commit=False)
 
     @contextmanager

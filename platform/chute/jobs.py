@@ -416,27 +416,18 @@ class JobService:
                 session.execute(delete(Job).where(Job.id.in_(ended)))
 
     # --- the database as the queue -----------------------------------------------------------
-    def reserve(self, limit: int, visibility: float) -> list[Due]:
+    def reserve(self, limit: int, visibility: float, probe: bool = True) -> list[Due]:
         """Take up to ``limit`` due jobs off the queue for one worker: their ``dispatch_at`` moves
         ``visibility`` seconds on (the token the worker's claim or requeue goes by). ``SKIP LOCKED`` on
         PostgreSQL and ``BEGIN IMMEDIATE`` on SQLite keep two workers from taking the same row. A read
-        comes first, so an idle poll takes no write lock. Both run on the DBAPI cursor, compiled once:
-        the embedded queue asks on every fetch."""
+        comes first (unless ``probe`` is False: the caller was just told of new work), so an idle poll
+        takes no write lock. Both run on the DBAPI cursor, compiled once: the embedded queue asks on
+        every fetch."""
         now = self.now()
-        with self.db.engine.connect() as conn:
-            probe = _RESERVE_PROBE.get(conn.dialect.name)
-            if probe is None:
-                probe = _RESERVE_PROBE[conn.dialect.name] = CursorQuery(
-                    select(JOBS.c.id).where(JOBS.c.dispatch_at <= bindparam("b_now")).limit(1), conn.dialect)
-            cursor = conn.connection.cursor()
-            try:
-                if not probe.all(cursor, {"b_now": now}):
-                    return []
-            finally:
-                cursor.close()
+        if probe and not self._any_due(now):
+            return []
         until = now + timedelta(seconds=visibility)
-        with self.db.write(durable=False) as session:
-            conn = session.connection()
+        with self.db.relaxed_writer.begin() as conn:
             take = _RESERVE.get(conn.dialect.name)
             if take is None:
                 due = (select(JOBS.c.id).where(JOBS.c.dispatch_at <= bindparam("b_now"))
@@ -453,6 +444,18 @@ class JobService:
             finally:
                 cursor.close()
         return [(job_id, until) for job_id in ids]
+
+    def _any_due(self, now: datetime) -> bool:
+        with self.db.engine.connect() as conn:
+            probe = _RESERVE_PROBE.get(conn.dialect.name)
+            if probe is None:
+                probe = _RESERVE_PROBE[conn.dialect.name] = CursorQuery(
+                    select(JOBS.c.id).where(JOBS.c.dispatch_at <= bindparam("b_now")).limit(1), conn.dialect)
+            cursor = conn.connection.cursor()
+            try:
+                return bool(probe.all(cursor, {"b_now": now}))
+            finally:
+                cursor.close()
 
     def release(self, reserved: Sequence[Due]) -> None:
         """Reserved jobs that were not claimed are due again at once (unless a claim moved them on)."""

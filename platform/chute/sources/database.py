@@ -28,12 +28,16 @@ class DatabaseSource:
         self.poll, self.visibility = poll, visibility
         #: uploads in other processes on this host ring it (the poll covers other hosts)
         self.doorbell = doorbell
+        self._woken = False
         if doorbell is not None:
             doorbell.listen(wakeup.set)
 
     def fetch(self, limit: int, timeout: float) -> list[JobMessage]:
         if limit > 0:
-            reserved = self.jobs.reserve(limit, self.visibility)
+            # Woken by an upload, go straight to the reservation: the read that keeps idle polls off
+            # the write lock would only say what the wake-up already did.
+            reserved = self.jobs.reserve(limit, self.visibility, probe=not self._woken)
+            self._woken = False
             if reserved:
                 return [JobMessage(job_id, False, until) for job_id, until in reserved]
             timeout = min(timeout, self._until_next_due())
@@ -41,6 +45,7 @@ class DatabaseSource:
         # queued) is already there for the caller to see, so a set lost here costs nothing.
         if timeout > 0 and self.wakeup.wait(timeout):
             self.wakeup.clear()
+            self._woken = True
         return []
 
     def _until_next_due(self) -> float:
