@@ -34,6 +34,7 @@ class Doorbell:
         self._scanned = 0.0
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
+        self._callbacks: list[Callable[[], None]] = []
         self._closed = threading.Event()
 
     def _address(self, slot: int) -> bytes:
@@ -41,31 +42,43 @@ class Doorbell:
 
     # --- the worker's side -----------------------------------------------------------------------
     def listen(self, on_ring: Callable[[], None]) -> bool:
-        """Bind the first free slot and call ``on_ring`` from a thread for every ring; False when no
-        slot could be bound (all taken, or no abstract sockets here): then the poll alone serves."""
-        for slot in range(SLOTS):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            try:
-                sock.bind(self._address(slot))
-            except OSError:
-                sock.close()
-                continue
-            sock.settimeout(RESCAN)
-            self._listener = sock
-            threading.Thread(target=self._receive, args=(sock, on_ring), name="chute-doorbell", daemon=True).start()
-            return True
+        """Call ``on_ring`` from a thread for every ring, binding the first free slot the first time (one
+        socket per doorbell, however many sources listen); False when no slot could be bound (all
+        taken, or no abstract sockets here): then the poll alone serves."""
+        with self._lock:
+            self._callbacks.append(on_ring)
+            if self._listener is not None:
+                return True
+            if self._closed.is_set():
+                return False
+            for slot in range(SLOTS):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                try:
+                    sock.bind(self._address(slot))
+                except OSError:
+                    sock.close()
+                    continue
+                sock.settimeout(RESCAN)
+                self._listener = sock
+                threading.Thread(target=self._receive, args=(sock,), name="chute-doorbell", daemon=True).start()
+                return True
         log.info("no doorbell slot free for this worker: it sees other processes' uploads by polling")
         return False
 
-    def _receive(self, sock: socket.socket, on_ring: Callable[[], None]) -> None:
-        while not self._closed.is_set():
-            try:
-                sock.recv(64)
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # closed
-            on_ring()
+    def _receive(self, sock: socket.socket) -> None:
+        try:
+            while not self._closed.is_set():
+                try:
+                    sock.recv(64)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return  # closed
+                for callback in list(self._callbacks):
+                    callback()
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     # --- the API's side ----------------------------------------------------------------------------
     def ring(self) -> None:
@@ -76,6 +89,8 @@ class Doorbell:
                 self._scanned = now
                 self._live = [self._address(slot) for slot in range(SLOTS)]  # try them all: keep who answers
             if not self._live:
+                return
+            if self._closed.is_set():
                 return
             if self._sender is None:
                 self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -93,8 +108,11 @@ class Doorbell:
             self._live = answered
 
     def close(self) -> None:
+        """Idempotent; the listener's thread closes its socket too (within ``RESCAN``) if it is mid-wait."""
         self._closed.set()
-        for sock in (self._listener, self._sender):
+        with self._lock:
+            sockets, self._listener, self._sender = (self._listener, self._sender), None, None
+        for sock in sockets:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.close()

@@ -3,8 +3,11 @@ reservation nobody claims comes back, and workers sharing one database share the
 
 from __future__ import annotations
 
+import gc
+import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -143,3 +146,33 @@ def test_an_upload_through_another_runtime_wakes_a_waiting_fetch_before_its_poll
         source.close()
         api.close()
         worker.close()
+
+
+def test_the_sources_of_one_runtime_share_one_doorbell_socket_which_close_frees(
+        database_url: str, tmp_path: Path, wait: Callable[..., Any]) -> None:
+    """A runtime asked for several sources (a worker started again) binds one socket, not one each,
+    and closing the runtime frees it: nothing is left for the garbage collector to complain about."""
+    settings = Settings(var_dir=tmp_path / "var", database_url=database_url, handlers=HANDLERS)
+    rt = Runtime.build(settings)
+    for _ in range(3):
+        rt.source(1).close()
+    assert rt.doorbell is not None
+    slot0 = rt.doorbell._address(0)
+
+    def taken(address: bytes) -> bool:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            probe.bind(address)
+            return False
+        except OSError:
+            return True
+        finally:
+            probe.close()
+
+    assert taken(slot0) and not taken(rt.doorbell._address(1)), "one socket for the three sources"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rt.close()
+        wait(lambda: not taken(slot0), 5, message="the doorbell's socket to be closed")
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

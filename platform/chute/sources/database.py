@@ -73,5 +73,4 @@ class DatabaseSource:
         self.wakeup.set()
 
     def close(self) -> None:
-        if self.doorbell is not None:
-            self.doorbell.close()
+        """The doorbell is the runtime's (the API's rings share it): ``Runtime.close`` closes it."""
