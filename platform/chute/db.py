@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -175,12 +175,31 @@ class CursorQuery(CursorStatement):
 
     def __init__(self, statement: Any, dialect: Any) -> None:
         super().__init__(statement, dialect)
-        self.columns = [column.key for column in statement.selected_columns]
-        self.converters = [column.type.dialect_impl(dialect).result_processor(dialect, None)
-                           for column in statement.selected_columns]
+        columns = list(statement.exported_columns)  # a SELECT's columns, or an UPDATE's RETURNING
+        self.columns = [column.key for column in columns]
+        self.converters = [column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns]
 
     def all(self, cursor: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
         cursor.execute(self.sql, self.params(values))
         pairs = list(zip(self.columns, self.converters, strict=True))
         return [{name: (convert(value) if convert is not None and value is not None else value)
                  for (name, convert), value in zip(pairs, row, strict=True)} for row in cursor.fetchall()]
+
+
+class Prepared:
+    """A read (or ``… RETURNING``) statement built and compiled once per dialect, on first use, and run
+    on a connection's DBAPI cursor: the one way the hot paths read without a Session."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._compiled: dict[str, CursorQuery] = {}
+
+    def rows(self, conn: Connection, values: dict[str, Any]) -> list[dict[str, Any]]:
+        query = self._compiled.get(conn.dialect.name)
+        if query is None:
+            query = self._compiled[conn.dialect.name] = CursorQuery(self._build(), conn.dialect)
+        cursor = conn.connection.cursor()
+        try:
+            return query.all(cursor, values)
+        finally:
+            cursor.close()

@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from chute import lifecycle
-from chute.db import CursorQuery, CursorStatement, Database
+from chute.db import CursorStatement, Database, Prepared
 from chute.errors import InvalidTransition, JobNotFound
 from chute.lifecycle import Cancel, CancelRequest, Claim, JobState
 from chute.models import Attempt, Job, JobStatus, utcnow
@@ -53,10 +53,12 @@ S = JobStatus
 JOBS: Table = Job.__table__  # type: ignore[assignment]
 _COLUMNS = [c.name for c in JOBS.c]
 _INSERT: dict[str, CursorStatement] = {}  # per dialect, compiled once
-_VIEW: dict[str, CursorQuery] = {}
-_RESERVE_PROBE: dict[str, CursorQuery] = {}
-_RESERVE: dict[str, CursorStatement] = {}
-_NEXT_DUE: dict[str, CursorQuery] = {}
+#: the reads every poll, fetch and idle wait makes, straight on the cursor (``Prepared``)
+_VIEW = Prepared(lambda: select(*JOBS.c).where(JOBS.c.id == bindparam("b_id")))
+_ANY_DUE = Prepared(lambda: select(JOBS.c.id).where(JOBS.c.dispatch_at <= bindparam("b_now")).limit(1))
+_NEXT_DUE = Prepared(lambda: select(func.min(JOBS.c.dispatch_at).label("due")))
+_RESERVE_SKIP_LOCKED = Prepared(lambda: _reserve(skip_locked=True))
+_RESERVE_SQLITE = Prepared(lambda: _reserve(skip_locked=False))
 #: a job to publish and the ``dispatch_at`` it was due at (the token that marks it published)
 Due = tuple[str, datetime]
 #: called inside the transaction that moves a job to a terminal state: (session, job, event)
@@ -81,6 +83,16 @@ def _locked(db: Database, query: Select[Any]) -> Select[Any]:
 
 def _logfmt(**fields: Any) -> str:
     return " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+
+
+def _reserve(skip_locked: bool) -> Any:
+    """Move the ``b_limit`` earliest due jobs' ``dispatch_at`` to ``b_until``, answering their ids."""
+    due = (select(JOBS.c.id).where(JOBS.c.dispatch_at <= bindparam("b_now"))
+           .order_by(JOBS.c.dispatch_at).limit(bindparam("b_limit")))
+    if skip_locked:
+        due = due.with_for_update(skip_locked=True)
+    return update(JOBS).where(JOBS.c.id.in_(due.scalar_subquery())).values(dispatch_at=bindparam("b_until")) \
+        .returning(JOBS.c.id)
 
 
 def _state(job: Job) -> JobState:
@@ -148,18 +160,10 @@ class JobService:
                 cursor.close()
 
     def view(self, job_id: str) -> SimpleNamespace:
-        """The job's columns for ``GET /jobs/{id}``, read on the DBAPI cursor (``CursorQuery``): the read
+        """The job's columns for ``GET /jobs/{id}``, read on the DBAPI cursor (``Prepared``): the read
         every client polls, so it skips the Session. Its attributes are a ``Job``'s."""
         with self.db.engine.connect() as conn:
-            query = _VIEW.get(conn.dialect.name)
-            if query is None:
-                query = _VIEW[conn.dialect.name] = CursorQuery(
-                    select(*JOBS.c).where(JOBS.c.id == bindparam("b_id")), conn.dialect)
-            cursor = conn.connection.cursor()
-            try:
-                rows = query.all(cursor, {"b_id": job_id})
-            finally:
-                cursor.close()
+            rows = _VIEW.rows(conn, {"b_id": job_id})
         if not rows:
             raise JobNotFound(job_id)
         return SimpleNamespace(**rows[0])
@@ -427,35 +431,14 @@ class JobService:
         if probe and not self._any_due(now):
             return []
         until = now + timedelta(seconds=visibility)
+        take = _RESERVE_SQLITE if self.db.is_sqlite else _RESERVE_SKIP_LOCKED
         with self.db.relaxed_writer.begin() as conn:
-            take = _RESERVE.get(conn.dialect.name)
-            if take is None:
-                due = (select(JOBS.c.id).where(JOBS.c.dispatch_at <= bindparam("b_now"))
-                       .order_by(JOBS.c.dispatch_at).limit(bindparam("b_limit")))
-                if not self.db.is_sqlite:
-                    due = due.with_for_update(skip_locked=True)
-                take = _RESERVE[conn.dialect.name] = CursorStatement(
-                    update(JOBS).where(JOBS.c.id.in_(due.scalar_subquery()))
-                    .values(dispatch_at=bindparam("b_until")).returning(JOBS.c.id), conn.dialect)
-            cursor = conn.connection.cursor()
-            try:
-                cursor.execute(take.sql, take.params({"b_now": now, "b_limit": limit, "b_until": until}))
-                ids = [row[0] for row in cursor.fetchall()]
-            finally:
-                cursor.close()
+            ids = [row["id"] for row in take.rows(conn, {"b_now": now, "b_limit": limit, "b_until": until})]
         return [(job_id, until) for job_id in ids]
 
     def _any_due(self, now: datetime) -> bool:
         with self.db.engine.connect() as conn:
-            probe = _RESERVE_PROBE.get(conn.dialect.name)
-            if probe is None:
-                probe = _RESERVE_PROBE[conn.dialect.name] = CursorQuery(
-                    select(JOBS.c.id).where(JOBS.c.dispatch_at <= bindparam("b_now")).limit(1), conn.dialect)
-            cursor = conn.connection.cursor()
-            try:
-                return bool(probe.all(cursor, {"b_now": now}))
-            finally:
-                cursor.close()
+            return bool(_ANY_DUE.rows(conn, {"b_now": now}))
 
     def release(self, reserved: Sequence[Due]) -> None:
         """Reserved jobs that were not claimed are due again at once (unless a claim moved them on)."""
@@ -469,15 +452,7 @@ class JobService:
     def next_due(self) -> datetime | None:
         """When the next job falls due (now or later), or None when nothing waits."""
         with self.db.engine.connect() as conn:  # on the cursor: an idle embedded queue asks on every fetch
-            query = _NEXT_DUE.get(conn.dialect.name)
-            if query is None:
-                query = _NEXT_DUE[conn.dialect.name] = CursorQuery(
-                    select(func.min(JOBS.c.dispatch_at).label("due")), conn.dialect)
-            cursor = conn.connection.cursor()
-            try:
-                due: datetime | None = query.all(cursor, {})[0]["due"]
-            finally:
-                cursor.close()
+            due: datetime | None = _NEXT_DUE.rows(conn, {})[0]["due"]
         return due
 
     # --- the relay side -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from chute import lifecycle
-from chute.db import CursorQuery, CursorStatement
+from chute.db import CursorStatement, Prepared
 from chute.lifecycle import CancelRequest, Claim, JobState, Transition
 from chute.models import Attempt, Job
 from chute.registry import Registry
@@ -48,9 +48,14 @@ _CLOSE = (update(ATTEMPTS).where(ATTEMPTS.c.job_id == bindparam("b_job"), ATTEMP
                   error_message=bindparam("b_message")))
 _STATEMENTS = (_CLOSE, _MOVE, _PARK, _START, _OPEN)  # in the order a turn runs them
 _COMPILED: dict[str, list[CursorStatement]] = {}  # per dialect, compiled once
-#: the turn's read, per (dialect, locking, number of ids): ids are padded to a power of two (repeating
-#: the last) so a handful of compiled statements serve every turn
-_READS: dict[tuple[str, bool, int], CursorQuery] = {}
+#: the turn's read, per (locking, number of ids): ids are padded to a power of two (repeating the
+#: last) so a handful of compiled statements serve every turn
+_READS: dict[tuple[bool, int], Prepared] = {}
+
+
+def _read_statement(for_update: bool, size: int) -> Any:
+    statement = select(*_READ).where(JOBS.c.id.in_([bindparam(f"b_{i}") for i in range(size)]))
+    return statement.with_for_update() if for_update else statement
 
 
 def _read_rows(conn: Connection, ids: list[str], for_update: bool) -> dict[str, dict[str, Any]]:
@@ -59,17 +64,11 @@ def _read_rows(conn: Connection, ids: list[str], for_update: bool) -> dict[str, 
     size = 1
     while size < len(ids):
         size *= 2
-    key = (conn.dialect.name, for_update, size)
-    query = _READS.get(key)
-    if query is None:
-        statement = select(*_READ).where(JOBS.c.id.in_([bindparam(f"b_{i}") for i in range(size)]))
-        query = _READS[key] = CursorQuery(statement.with_for_update() if for_update else statement, conn.dialect)
+    read = _READS.get((for_update, size))
+    if read is None:
+        read = _READS[(for_update, size)] = Prepared(lambda: _read_statement(for_update, size))
     padded = ids + [ids[-1]] * (size - len(ids))
-    cursor = conn.connection.cursor()
-    try:
-        return {row["id"]: row for row in query.all(cursor, {f"b_{i}": job_id for i, job_id in enumerate(padded)})}
-    finally:
-        cursor.close()
+    return {row["id"]: row for row in read.rows(conn, {f"b_{i}": job_id for i, job_id in enumerate(padded)})}
 
 
 @dataclass(frozen=True)
