@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean chromium
+.PHONY: run test lint bench clean chromium wrk
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("chute needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -32,10 +32,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+# bench/upload.py's small-upload part drives wrk: installed here when it is missing.
+wrk:
+	@command -v wrk >/dev/null || { echo "make: installing Debian's wrk for bench/upload.py"; \
+	  apt-get update -qq && apt-get install -y -qq wrk; } || \
+	  { echo "make: bench/upload.py needs wrk: apt-get install wrk (as root)" >&2; exit 1; }
+
+bench: $(STAMP) wrk
 	$(BIN)/python bench/upload.py
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/notify.py
+	$(BIN)/python bench/cost.py
 	$(BIN)/python bench/chaos.py
 
 clean:
